@@ -1,0 +1,62 @@
+"""What a model returns, and what a caller may ask it to return.
+
+Every model (teacher or student) is called as ``model(inputs, request)`` where ``inputs``
+maps modality letters to ``(B, T, D)`` float tensors and ``request`` names the
+transformers whose internals are wanted. Nothing that is not requested is materialized:
+with an empty request, attention runs through the fused kernel and no map exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Request:
+    """Which internals to return.
+
+    attention:       transformer names whose per-layer pre-softmax attention scores are wanted
+    post_attention:  transformer names whose per-layer attention-module outputs are wanted
+    """
+
+    attention: frozenset[str] = frozenset()
+    post_attention: frozenset[str] = frozenset()
+
+    def __or__(self, other: "Request") -> "Request":
+        return Request(self.attention | other.attention, self.post_attention | other.post_attention)
+
+    @property
+    def empty(self) -> bool:
+        return not self.attention and not self.post_attention
+
+
+NOTHING = Request()
+
+
+@dataclass
+class ModelOutput:
+    """Outputs of one forward pass.
+
+    logits:          (B, n_classes)  output of the final linear layer
+    penultimate:     (B, P)          input of the final linear layer (the penultimate linear
+                                     layer's output, after its residual connection)
+    attention:       name -> list over layers of (B, H, Tq, Tk) scaled scores Q K^T / sqrt(d_k),
+                     before softmax (maps are ``scores.softmax(-1)``; paper eqs. 8 and 10)
+    post_attention:  name -> list over layers of (B, Tq, d): the attention module's output
+                     (softmax(QK^T/sqrt(d_k)) V, after the output projection; paper eq. 3)
+    """
+
+    logits: torch.Tensor
+    penultimate: torch.Tensor
+    attention: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    post_attention: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    def detach(self) -> "ModelOutput":
+        return ModelOutput(
+            self.logits.detach(),
+            self.penultimate.detach(),
+            {k: [t.detach() for t in v] for k, v in self.attention.items()},
+            {k: [t.detach() for t in v] for k, v in self.post_attention.items()},
+        )
