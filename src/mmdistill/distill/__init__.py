@@ -1,3 +1,4 @@
 """Distillation losses, one file per method; importing this package registers them all."""
 
 from mmdistill.distill.base import LOSSES, DistillContext, DistillLoss, build_loss, register  # noqa: F401
+from mmdistill.distill import hinton  # noqa: F401  (registers 'hinton')
