@@ -32,7 +32,7 @@ Levels (paper 002, sec. 4.3):
 
 Row bins (approximation at the attention level). Eq. 9 taken literally needs one pair of banks
 per (pair, layer, row): on MOSEI (n_data 16326, 500 rows, 5 layers, 2 pairs, feat_dim 128) that
-is 5000 banks of 8.4 MB, i.e. 84 GB. Instead the ``Tq`` rows are split into ``row_bins``
+is 2 x 5000 banks of 8.4 MB, i.e. 84 GB. Instead the ``Tq`` rows are split into ``row_bins``
 contiguous bins of (almost) equal size and the rows of a bin are averaged -- an average of
 distributions is a distribution, the attention profile of that stretch of queries -- and each
 (pair, layer, bin) gets its own heads and banks. With ``row_bins = None`` every row is its own
@@ -209,7 +209,8 @@ class CRD(DistillLoss):
                      its own heads and banks (default 4); None = one bin per row (eq. 9 exactly;
                      needs equal row counts). Must not exceed the rows of any distilled map.
         max_bank_mb: refuse configurations whose banks (both sides, all groups, float32) would
-                     exceed this many MB (default 2048).
+                     exceed this many MB (10^6 bytes; default 2048). The default row_bins=4 on
+                     MOSEI (2 pairs, 5 layers, feat_dim 128) needs 669 MB.
     """
 
     name = "crd"
@@ -228,7 +229,7 @@ class CRD(DistillLoss):
         s_out, t_out = ctx.probe(self.student_request(), self.teacher_request())
         shapes = self._group_shapes(s_out, t_out)  # key -> (groups, dim_s, dim_t)
         n_groups = sum(g for g, _, _ in shapes.values())
-        mb = 2 * n_groups * ctx.n_data * feat_dim * BYTES_PER_FLOAT / 2**20
+        mb = 2 * n_groups * ctx.n_data * feat_dim * BYTES_PER_FLOAT / 1e6
         self.bank_mb = mb
         if mb > max_bank_mb:
             raise ValueError(
