@@ -1,0 +1,138 @@
+"""Command line: ``python -m mmdistill <step> [--params params.yaml] [--override more.yaml] ...``
+
+The single entry point of both pipelines: every Snakemake rule and every DVC stage runs
+one of these steps. Each step loads and validates the parameters, then calls one library
+function with plain objects and paths.
+
+Steps:
+    validate   check params.yaml (schema and cross-references) and list the experiments
+    download   produce the raw data of data.source (generate it for `synthetic`)
+    prepare    raw data -> one HDF5 file + JSON summary
+    train      train one teacher or student run (--role, --name, --seed)
+    profile    parameters and inference latency of every architecture
+    report     Table 1 (CSV + Markdown) from the finished runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from mmdistill.registry import ParamsError, Registry, Run
+
+log = logging.getLogger("mmdistill")
+
+
+def _registry(args) -> Registry:
+    return Registry.from_file(args.params, overrides=args.override or [])
+
+
+def cmd_validate(args) -> int:
+    reg = _registry(args)
+    print(f"params OK: data {reg.source}, seeds {list(reg.seeds)}, "
+          f"{len(reg.teachers)} teachers, {len(reg.students)} students, {len(list(reg.runs()))} runs")
+    for run in reg.runs():
+        print(f"  {run.id}")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from mmdistill.data.acquire import acquire
+
+    reg = _registry(args)
+    path = acquire(reg.params["data"], reg.raw_dir(), progress=not args.quiet)
+    log.info("raw data ready at %s", path)
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from mmdistill.data.acquire import prepare_dataset
+
+    reg = _registry(args)
+    raw = reg.raw_dir()
+    summary = prepare_dataset(reg.params["data"], reg.raw_input(), reg.prepared(), reg.data_summary())
+    log.info("prepared %s from %s: %s", reg.prepared(), raw,
+             {s: summary["splits"][s]["n"] for s in summary["splits"]} if "splits" in summary else "")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from mmdistill.experiment import train_run
+
+    reg = _registry(args)
+    run = Run(args.role, args.name, args.seed)
+    reg.spec(run)  # unknown names fail here, naming the key
+    if args.seed not in reg.seeds:
+        raise ParamsError(f"seed {args.seed} is not in seeds {list(reg.seeds)}")
+    t0 = time.perf_counter()
+    m = train_run(reg, run, progress=not args.quiet)
+    log.info("%s: test acc7 %.4f, weighted F1 %.4f (%d epochs, %.1f s)", run.id, m["test"]["acc7"],
+             m["test"]["f1_weighted"], m["epochs_run"], time.perf_counter() - t0)
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from mmdistill.experiment import profile_models
+    from mmdistill.io import write_json
+
+    reg = _registry(args)
+    write_json(reg.profile(), profile_models(reg, progress=not args.quiet))
+    log.info("wrote %s", reg.profile())
+    return 0
+
+
+def cmd_report(args) -> int:
+    from mmdistill.io import read_json, write_text
+    from mmdistill.report.table import collect_runs, cost_ratios, table1, to_markdown
+
+    reg = _registry(args)
+    profile = read_json(reg.profile())
+    runs = collect_runs(reg)
+    table = table1(reg, runs, profile)
+    ratios = cost_ratios(table, reg)
+    write_text(reg.table("csv"), table.to_csv(index=False, float_format="%.4f"))
+    write_text(reg.table("md"), to_markdown(table, ratios, profile, reg.source))
+    log.info("wrote %s and %s", reg.table("csv"), reg.table("md"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmdistill", description=__doc__.split("\n")[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+    common.add_argument("--override", action="append", metavar="YAML",
+                        help="YAML file deep-merged over the parameters (repeatable; like snakemake --configfile)")
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="step", required=True)
+    sub.add_parser("validate", parents=[common], help="check the parameters").set_defaults(func=cmd_validate)
+    sub.add_parser("download", parents=[common], help="acquire the raw data").set_defaults(func=cmd_download)
+    sub.add_parser("prepare", parents=[common], help="raw data -> HDF5").set_defaults(func=cmd_prepare)
+    t = sub.add_parser("train", parents=[common], help="train one run")
+    t.add_argument("--role", choices=["teacher", "student"], required=True)
+    t.add_argument("--name", required=True)
+    t.add_argument("--seed", type=int, required=True)
+    t.set_defaults(func=cmd_train)
+    sub.add_parser("profile", parents=[common], help="parameters and latency").set_defaults(func=cmd_profile)
+    sub.add_parser("report", parents=[common], help="Table 1").set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except ParamsError as exc:
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

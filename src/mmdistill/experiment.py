@@ -1,0 +1,191 @@
+"""Glue between the registry and the library: build, train and evaluate one run.
+
+Everything here takes a :class:`~mmdistill.registry.Registry` and a
+:class:`~mmdistill.registry.Run`, turns them into plain objects (model configs, splits,
+losses) and hands them to the library; the library itself never sees params.yaml.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmdistill.data.dataset import SplitData, load_split
+from mmdistill.distill.base import DistillContext, build_loss
+from mmdistill.io import atomic_path, write_json, write_text
+from mmdistill.models import build_student, build_teacher
+from mmdistill.models.config import ModelConfig
+from mmdistill.models.configurations import CONFIGURATIONS
+from mmdistill.models.outputs import Request
+from mmdistill.registry import Registry, Run, params_hash
+from mmdistill.train.latency import count_parameters
+from mmdistill.train.loop import Distillation, TrainConfig, evaluate, resolve_device, train
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------- models
+def blueprint(reg: Registry, run: Run) -> dict[str, Any]:
+    """A plain description from which the run's model can be rebuilt (stored in its checkpoint)."""
+    spec = reg.spec(run)
+    bp: dict[str, Any] = {"role": run.role, "model": dict(reg.params["model"])}
+    if run.role == "teacher":
+        bp["branches"] = list(spec.branches)
+    else:
+        bp.update(
+            configuration=spec.configuration,
+            input_modality=reg.params["student_modality"],
+            target_lengths=dict(reg.params["data"]["lengths"]),
+            proxy=student_proxy(spec.method, spec.options),
+        )
+    return bp
+
+
+def student_proxy(method: str, options: dict) -> str:
+    """EDAM-T up-samples the teacher's maps, so its student keeps full-length proxies;
+    every other student down-samples its proxies to the teacher's lengths (EDAM-S)."""
+    return "full" if method == "edam" and options.get("variant", "S") == "T" else "down"
+
+
+def build_from_blueprint(bp: dict[str, Any]) -> nn.Module:
+    cfg = ModelConfig.from_dict(bp["model"])
+    if bp["role"] == "teacher":
+        return build_teacher(cfg, tuple(bp["branches"]))
+    return build_student(cfg, bp["configuration"], bp["input_modality"], bp["target_lengths"], bp["proxy"])
+
+
+def save_model(path, model: nn.Module, bp: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"blueprint": bp, "state_dict": model.state_dict()}, tmp)
+
+
+def load_model(path, device: torch.device | str = "cpu") -> nn.Module:
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    model = build_from_blueprint(ckpt["blueprint"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------- data
+def load_data(reg: Registry) -> dict[str, SplitData]:
+    path = reg.prepared()
+    splits = {s: load_split(path, s) for s in ("train", "valid", "test")}
+    want = reg.params["data"]["lengths"]
+    got = splits["train"].lengths
+    if got != dict(want):
+        raise ValueError(f"{path} holds sequence lengths {got}, params.yaml asks for {dict(want)}: run `prepare` again")
+    return splits
+
+
+# ---------------------------------------------------------------------- training
+def make_distillation(reg: Registry, run: Run, student: nn.Module, train_split: SplitData,
+                      batch_size: int) -> Distillation | None:
+    spec = reg.spec(run)
+    if not spec.distils:
+        return None
+    teacher = load_model(reg.checkpoint(reg.teacher_run(run)))
+    teacher.requires_grad_(False)
+    example = next(train_split.batches(min(batch_size, len(train_split))))
+
+    def probe(s_req: Request, t_req: Request):
+        was_training = student.training
+        student.eval()
+        with torch.no_grad():
+            s_out = student(example.inputs, s_req)
+            t_out = teacher(example.inputs, t_req)
+        student.train(was_training)
+        return s_out, t_out
+
+    ctx = DistillContext(
+        level=spec.level, pairs=CONFIGURATIONS[spec.configuration].distilled_pairs,
+        n_data=len(train_split), probe=probe,
+    )
+    loss = build_loss(spec.method, ctx, dict(spec.options))
+    return Distillation(teacher=teacher, loss=loss, alpha=spec.alpha, beta=spec.beta)
+
+
+def train_run(reg: Registry, run: Run, progress: bool = True) -> dict[str, Any]:
+    """Train one run and write its checkpoint, metrics and curves; return the metrics."""
+    cfg = TrainConfig.from_dict(reg.params["train"])
+    run_params = reg.run_params(run)
+    chash = params_hash(run_params)
+    splits = load_data(reg)
+    bp = blueprint(reg, run)
+    torch.manual_seed(run.seed)  # model initialization
+    model = build_from_blueprint(bp)
+    kd = make_distillation(reg, run, model, splits["train"], cfg.batch_size)
+    result = train(
+        model, splits["train"], splits["valid"], cfg, seed=run.seed, run_label=run.id,
+        resume_path=reg.resume_checkpoint(run), config_hash=chash, kd=kd, progress=progress,
+    )
+    device = resolve_device(cfg.device)
+    test = evaluate(model, splits["test"], cfg.batch_size, device)
+    valid = evaluate(model, splits["valid"], cfg.batch_size, device)
+    metrics = {
+        "run": run.id, "role": run.role, "name": run.name, "seed": run.seed,
+        "test": test, "valid": valid,
+        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+        "train_seconds": result.train_seconds,
+        "seconds_per_epoch": result.train_seconds / max(1, result.epochs_run),
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "parameters": count_parameters(model),
+        "device": str(device), "threads": cfg.threads, "torch": torch.__version__,
+        "python": platform.python_version(), "config_hash": chash, "params": run_params,
+    }
+    save_model(reg.checkpoint(run), model.cpu(), bp)
+    write_curves(reg.curves(run), result.history)
+    write_json(reg.metrics(run), metrics)
+    reg.resume_checkpoint(run).unlink(missing_ok=True)
+    return metrics
+
+
+def write_curves(path, history: list[dict[str, float]]) -> None:
+    import pandas as pd
+
+    write_text(path, pd.DataFrame(history).to_csv(index=False))
+
+
+# ---------------------------------------------------------------------- inference cost
+def profile_models(reg: Registry, progress: bool = True) -> dict[str, Any]:
+    """Parameters and inference latency of every teacher and every student architecture.
+
+    Latency does not depend on the trained weights, so freshly initialized models with the
+    run's architecture are timed, all in this one process, one after another, with
+    ``profile.threads`` threads, on random inputs of the data set's shapes.
+    """
+    from mmdistill.modalities import FEATURE_DIM
+    from mmdistill.train.latency import measure_latency, random_inputs
+
+    prof = reg.params["profile"]
+    device = resolve_device(reg.params["train"]["device"])
+    torch.set_num_threads(prof["threads"])
+    lengths = dict(reg.params["data"]["lengths"])
+    archs: dict[str, dict[str, Any]] = {}
+    rows: dict[str, str] = {}
+    for role, names in (("teacher", reg.teachers), ("student", reg.students)):
+        for name in names:
+            bp = blueprint(reg, Run(role, name, reg.seeds[0]))
+            key = params_hash({k: v for k, v in bp.items()})
+            archs.setdefault(key, bp)
+            rows[f"{role}s/{name}"] = key
+    measured: dict[str, dict[str, Any]] = {}
+    for key, bp in archs.items():
+        torch.manual_seed(0)
+        model = build_from_blueprint(bp).to(device)
+        entry: dict[str, Any] = {"blueprint": bp, "parameters": count_parameters(model), "latency": {}}
+        for bs in prof["batch_sizes"]:
+            inputs = random_inputs(lengths, FEATURE_DIM, bs)
+            entry["latency"][str(bs)] = measure_latency(model, inputs, prof["warmup"], prof["repeats"])
+        measured[key] = entry
+        if progress:
+            lat = ", ".join(f"b{bs} {v['median_ms']:.2f} ms" for bs, v in entry["latency"].items())
+            log.info("profiled %s: %d parameters, %s", bp.get("configuration", bp.get("branches")), entry["parameters"], lat)
+    return {
+        "device": str(device), "threads": prof["threads"], "torch": torch.__version__,
+        "machine": platform.machine(), "processor": platform.processor(),
+        "lengths": lengths, "architectures": measured, "rows": rows,
+    }

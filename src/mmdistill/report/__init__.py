@@ -1,0 +1,1 @@
+"""Reports: Table 1 (CSV and Markdown), statistics and figures."""

@@ -1,0 +1,297 @@
+"""The training loop shared by teachers and students (with or without distillation).
+
+Objective (paper 002, eq. 1): ``alpha * L_c + beta * L_KD`` with L_c the cross-entropy on
+the 7 classes and L_KD the distillation loss of the run's method; a run without
+distillation has no L_KD. Optimization follows MulT's MOSEI recipe (Tsai et al. 2019):
+Adam, gradient-norm clipping, ReduceLROnPlateau on the validation loss, the
+best-validation-loss weights kept and evaluated on test; plus early stopping.
+
+Nothing is lost on a crash: after every epoch the complete state (model, optimizer,
+scheduler, distillation modules with their memory banks, RNG states, history) is written
+atomically to a resume checkpoint; a run started again with the same settings continues
+from it and ends with the same numbers as an uninterrupted run. A non-finite loss stops
+the run with an error naming the run, epoch and step, and leaves the last good
+checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mmdistill.data.dataset import Batch, SplitData
+from mmdistill.distill.base import DistillLoss
+from mmdistill.io import atomic_path
+from mmdistill.models.outputs import NOTHING, ModelOutput, Request
+from mmdistill.train.metrics import classification_metrics
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    lr: float
+    grad_clip: float
+    lr_patience: int
+    lr_factor: float
+    early_stop: int
+    threads: int = 1
+    device: str = "auto"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        return cls(**d)
+
+
+@dataclass
+class Distillation:
+    """A frozen teacher, the loss that distils it, and the weights of eq. 1."""
+
+    teacher: nn.Module
+    loss: DistillLoss
+    alpha: float
+    beta: float
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_valid_loss: float
+    epochs_run: int
+    train_seconds: float
+    resumed_from_epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def set_determinism(seed: int, threads: int, device: torch.device) -> None:
+    """Seed torch's global RNG (dropout) and make CPU kernels deterministic.
+
+    Results are bit-identical for a given seed, thread count and machine type; the thread
+    count is recorded in the metrics because reductions may be split differently.
+    """
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+
+
+class TeacherCache:
+    """Teacher logits and penultimate features for a whole split, computed once.
+
+    Output-level distillation needs nothing else from a frozen, eval-mode teacher, so the
+    teacher runs once per data set instead of once per step of every epoch.
+    """
+
+    def __init__(self, teacher: nn.Module, split: SplitData, batch_size: int, device: torch.device):
+        logits, pen = [], []
+        with torch.no_grad():
+            for b in split.batches(batch_size):
+                out = teacher(b.to(device).inputs, NOTHING)
+                logits.append(out.logits)
+                pen.append(out.penultimate)
+        self.logits = torch.cat(logits)
+        self.penultimate = torch.cat(pen)
+
+    def __call__(self, batch: Batch) -> ModelOutput:
+        idx = batch.index.to(self.logits.device)
+        return ModelOutput(self.logits[idx], self.penultimate[idx])
+
+
+class Objective:
+    """Computes the training loss of one batch: CE alone or eq. 1."""
+
+    def __init__(self, model: nn.Module, kd: Distillation | None, train_split: SplitData,
+                 batch_size: int, device: torch.device):
+        self.model = model
+        self.kd = kd
+        self.cache = None
+        self.student_request = NOTHING
+        if kd is not None:
+            kd.teacher.eval().requires_grad_(False)
+            self.student_request = kd.loss.student_request()
+            if kd.loss.teacher_request().empty:
+                self.cache = TeacherCache(kd.teacher, train_split, batch_size, device)
+
+    def __call__(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = self.model(batch.inputs, self.student_request)
+        ce = F.cross_entropy(out.logits, batch.label)
+        if self.kd is None:
+            return ce, {"ce": ce.detach()}
+        if self.cache is not None:
+            t_out = self.cache(batch)
+        else:
+            with torch.no_grad():
+                t_out = self.kd.teacher(batch.inputs, self.kd.loss.teacher_request())
+        kd = self.kd.loss(out, t_out.detach(), batch)
+        total = self.kd.alpha * ce + self.kd.beta * kd
+        return total, {"ce": ce.detach(), "kd": kd.detach()}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: SplitData, batch_size: int, device: torch.device) -> tuple[np.ndarray, float]:
+    """Class predictions for a split and the mean cross-entropy."""
+    model.eval()
+    preds, loss_sum = [], 0.0
+    for b in split.batches(batch_size):
+        b = b.to(device)
+        logits = model(b.inputs, NOTHING).logits
+        loss_sum += F.cross_entropy(logits, b.label, reduction="sum").item()
+        preds.append(logits.argmax(-1).cpu())
+    return torch.cat(preds).numpy(), loss_sum / len(split)
+
+
+def evaluate(model: nn.Module, split: SplitData, batch_size: int, device: torch.device) -> dict[str, Any]:
+    pred, loss = predict(model, split, batch_size, device)
+    metrics = classification_metrics(split.label.numpy(), pred)
+    metrics["loss"] = loss
+    return metrics
+
+
+def train(
+    model: nn.Module,
+    train_split: SplitData,
+    valid_split: SplitData,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    run_label: str,
+    resume_path: Path,
+    config_hash: str,
+    kd: Distillation | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` in place; on return it holds the best-validation weights."""
+    device = resolve_device(cfg.device)
+    set_determinism(seed, cfg.threads, device)
+    model.to(device)
+    if kd is not None:
+        kd.teacher.to(device)
+        kd.loss.to(device)
+    objective = Objective(model, kd, train_split, cfg.batch_size, device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if kd is not None:
+        trainable += [p for p in kd.loss.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience
+    )
+    gen = torch.Generator().manual_seed(seed)
+    n_neg = kd.loss.needs_negatives if kd is not None else 0
+
+    state = {"epoch": 0, "best_loss": math.inf, "best_epoch": 0, "bad_epochs": 0,
+             "history": [], "best_state": None, "train_seconds": 0.0}
+    resumed_from = 0
+    if resume_path.exists():
+        ckpt = torch.load(resume_path, map_location=device, weights_only=False)
+        if ckpt.get("config_hash") == config_hash:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            if kd is not None:
+                kd.loss.load_state_dict(ckpt["kd_loss"])
+            gen.set_state(ckpt["generator"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+            state = ckpt["state"]
+            resumed_from = state["epoch"]
+            log.info("%s: resuming after epoch %d from %s", run_label, resumed_from, resume_path)
+        else:
+            log.warning("%s: %s was written under other settings; starting afresh", run_label, resume_path)
+
+    n_steps = train_split.n_batches(cfg.batch_size)
+    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.early_stop:
+        epoch = state["epoch"] + 1
+        t0 = time.perf_counter()
+        model.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(
+            train_split.batches(cfg.batch_size, shuffle=True, generator=gen, n_negatives=n_neg),
+            total=n_steps, desc=f"{run_label} epoch {epoch}/{cfg.epochs}", leave=False,
+            disable=not progress, file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0,
+        )
+        for step, batch in enumerate(bar, start=1):
+            batch = batch.to(device, non_blocking=True)
+            loss, parts = objective(batch)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"{run_label}: training loss is {loss.item()} at epoch {epoch}, step {step}/{n_steps} "
+                    f"(parts: { {k: float(v) for k, v in parts.items()} }); "
+                    f"the last good checkpoint is kept at {resume_path}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            optimizer.step()
+            n = len(batch)
+            sums["loss"] = sums.get("loss", 0.0) + loss.detach() * n
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * n
+        train_means = {f"train_{k}": float(v) / len(train_split) for k, v in sums.items()}
+        valid = evaluate(model, valid_split, cfg.batch_size, device)
+        scheduler.step(valid["loss"])
+        seconds = time.perf_counter() - t0
+        state["train_seconds"] += seconds
+        row = {"epoch": epoch, **train_means, "valid_loss": valid["loss"], "valid_acc7": valid["acc7"],
+               "valid_f1_weighted": valid["f1_weighted"], "lr": optimizer.param_groups[0]["lr"],
+               "seconds": seconds}
+        if kd is not None:
+            row.update({f"kd_{k}": v for k, v in kd.loss.epoch_log().items()})
+        state["history"].append(row)
+        if valid["loss"] < state["best_loss"]:
+            state.update(best_loss=valid["loss"], best_epoch=epoch, bad_epochs=0,
+                         best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        log.info("%s epoch %d: train loss %.4f, valid loss %.4f acc7 %.4f f1 %.4f (%.1fs)", run_label, epoch,
+                 train_means["train_loss"], valid["loss"], valid["acc7"], valid["f1_weighted"], seconds)
+        save_resume(resume_path, config_hash, model, optimizer, scheduler, kd, gen, state, device)
+
+    model.load_state_dict(state["best_state"])
+    return TrainResult(
+        history=state["history"], best_epoch=state["best_epoch"], best_valid_loss=state["best_loss"],
+        epochs_run=state["epoch"], train_seconds=state["train_seconds"], resumed_from_epoch=resumed_from,
+    )
+
+
+def save_resume(path: Path, config_hash: str, model, optimizer, scheduler, kd, gen, state, device) -> None:
+    ckpt = {
+        "config_hash": config_hash,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "kd_loss": kd.loss.state_dict() if kd is not None else None,
+        "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+        "state": state,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)

@@ -1,0 +1,47 @@
+# Training: every teacher and every student row, once per seed.
+
+
+def _run_params(role):
+    return lambda w: REG.run_params(Run(role, w.name, int(w.seed)))
+
+
+def _teacher_checkpoint(w):
+    teacher = REG.teacher_run(Run("student", w.name, int(w.seed)))
+    return [str(REG.checkpoint(teacher))] if teacher else []
+
+
+rule train_teacher:
+    input:
+        data=str(REG.prepared()),
+    output:
+        **run_outputs("teacher"),
+    params:
+        run=_run_params("teacher"),
+    log:
+        str(REG.log(Run("teacher", "{name}", "{seed}"))),
+    threads: config["train"]["threads"]
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    shell:
+        cli("train") + " --role teacher --name {wildcards.name} --seed {wildcards.seed} > {log} 2>&1"
+
+
+rule train_student:
+    input:
+        data=str(REG.prepared()),
+        teacher=_teacher_checkpoint,
+    output:
+        **run_outputs("student"),
+    params:
+        run=_run_params("student"),
+    log:
+        str(REG.log(Run("student", "{name}", "{seed}"))),
+    threads: config["train"]["threads"]
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    shell:
+        cli("train") + " --role student --name {wildcards.name} --seed {wildcards.seed} > {log} 2>&1"
