@@ -3,3 +3,4 @@
 from mmdistill.distill.base import LOSSES, DistillContext, DistillLoss, build_loss, register  # noqa: F401
 from mmdistill.distill import hinton  # noqa: F401  (registers 'hinton')
 from mmdistill.distill import crd  # noqa: F401  (registers 'crd')
+from mmdistill.distill import edam  # noqa: F401  (registers 'edam')

@@ -1,0 +1,198 @@
+"""Entropy Distillation in Attention Maps (EDAM), paper 002 eqs. 10-13.
+
+For each distilled transformer pair and each layer, the attention scores of both sides go
+through a temperature softmax (eqs. 10-11), and every row of the student's map is compared
+with the matching row of the teacher's map by a cross-entropy ``F(a, b) = -sum_k a_k log b_k``
+(eq. 13), averaged over rows, layers (eq. 12), heads and the batch, then over pairs.
+
+Direction (option ``direction``). The paper writes ``F(a, b)`` with ``a`` the student row and
+``b`` the teacher row. As a loss on the student, ``-sum_k s_k log t_k`` is linear in ``s`` and is
+minimized by putting all of the student's mass on the teacher's largest entry: it does not
+pull the student toward the teacher's distribution. The default, ``'teacher_target'``, uses the
+teacher as the target, ``-sum_k t_k log s_k = KL(t || s) + H(t)``, which is minimized exactly
+when the student row equals the teacher row (its minimum is the teacher entropy ``H(t)``, a
+constant for the student). ``'paper_literal'`` gives the formula as printed.
+
+Heads. When student and teacher have the same number of heads, head h is compared with head h;
+otherwise both maps are first averaged over their heads (an average of distributions is a
+distribution) and the averaged maps are compared.
+
+Variants (option ``variant``, paper sec. 4.3):
+
+* ``'S'`` (EDAM-S, down-sampled student): the student's proxy sequences are down-sampled to the
+  teacher's lengths by the model, so the maps already have equal shapes; any mismatch is an error.
+* ``'T'`` (EDAM-T, up-sampled teacher): the teacher's scores ``(Tq_t, Tk_t)`` are mapped to the
+  student's ``(Tq_s, Tk_s)`` by a ``Linear(Tk_t -> Tk_s)`` along the key axis and a
+  ``Linear(Tq_t -> Tq_s)`` along the query axis, one pair of layers per distilled transformer
+  pair (shared by its layers and heads), applied to the scores before the temperature softmax.
+  They start as linear-interpolation matrices (end points aligned, zero bias), so a constant or
+  linear profile is reproduced exactly. ``learn_upsampler`` (default False) keeps them fixed:
+  trained on this loss alone, the up-sampler is rewarded for moving the *target* toward the
+  student (it can lower the loss by reshaping the teacher's maps instead of the student learning
+  them), so the distilled knowledge would drift. When learned anyway, gradients reach the
+  up-sampler but never the teacher (whose scores are detached first).
+
+Layers are processed one at a time, each fully vectorized over batch, heads and rows: stacking
+them would copy every map (about 600 MB per pair at MOSEI sizes) for no gain in speed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmdistill.data.dataset import Batch
+from mmdistill.distill.base import DistillContext, DistillLoss, register
+from mmdistill.models.outputs import ModelOutput, Request
+
+DIRECTIONS = ("teacher_target", "paper_literal")
+VARIANTS = ("S", "T")
+
+
+def interpolation_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) linear interpolation with aligned end points: ``W @ x`` resamples ``x``.
+
+    Output i sits at input position ``i * (n_in - 1) / (n_out - 1)``; rows sum to 1, so constant
+    and linear sequences are reproduced exactly. A single output sits at the middle.
+    """
+    if n_in == 1:
+        return torch.ones(n_out, 1)
+    pos = torch.full((1,), (n_in - 1) / 2) if n_out == 1 else torch.linspace(0, n_in - 1, n_out, dtype=torch.float64)
+    lo = pos.floor().long().clamp(max=n_in - 2)  # (n_out,)
+    frac = (pos - lo).to(torch.float64)
+    W = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    W[rows, lo] = 1 - frac
+    W[rows, lo + 1] += frac
+    return W.float()
+
+
+class Upsampler(nn.Module):
+    """Teacher scores (B, H, Tq_t, Tk_t) -> (B, H, Tq_s, Tk_s) with two linear maps.
+
+    ``Linear(Tk_t -> Tk_s)`` on the key axis, then ``Linear(Tq_t -> Tq_s)`` on the query axis,
+    initialized by :func:`interpolation_matrix` with zero biases; parameters when ``learn``,
+    fixed buffers otherwise (same state-dict names either way).
+    """
+
+    def __init__(self, tq_t: int, tk_t: int, tq_s: int, tk_s: int, learn: bool):
+        super().__init__()
+        tensors = {
+            "w_k": interpolation_matrix(tk_t, tk_s),  # (Tk_s, Tk_t)
+            "b_k": torch.zeros(tk_s),
+            "w_q": interpolation_matrix(tq_t, tq_s),  # (Tq_s, Tq_t)
+            "b_q": torch.zeros(tq_s),
+        }
+        for name, x in tensors.items():
+            if learn:
+                self.register_parameter(name, nn.Parameter(x))
+            else:
+                self.register_buffer(name, x)
+
+    def forward(self, scores: torch.Tensor) -> torch.Tensor:
+        x = F.linear(scores, self.w_k, self.b_k)  # (B, H, Tq_t, Tk_s)
+        x = F.linear(x.transpose(-1, -2), self.w_q, self.b_q)  # (B, H, Tk_s, Tq_s)
+        return x.transpose(-1, -2)  # (B, H, Tq_s, Tk_s)
+
+
+def log_maps(scores: torch.Tensor, temperature: float, average_heads: bool) -> torch.Tensor:
+    """Log of the temperature-softmax maps: (B, H, Tq, Tk) -> same, or (B, 1, Tq, Tk) averaged over heads."""
+    logp = F.log_softmax(scores / temperature, dim=-1)
+    if average_heads:  # log of the mean over heads of the maps, computed stably
+        logp = torch.logsumexp(logp, dim=1, keepdim=True) - math.log(scores.shape[1])
+    return logp
+
+
+@register
+class EDAM(DistillLoss):
+    """Cross-entropy between matching attention-map rows (see the module docstring).
+
+    Options:
+        temperature:     softmax temperature t of eq. 11 (> 0; default 1.0). Above 1 softens
+                         both maps so that the small attention weights also count.
+        direction:       'teacher_target' (default; -t log s, minimal at s = t) or
+                         'paper_literal' (-s log t, as printed in eq. 13).
+        variant:         'S' (default; maps of equal shapes, EDAM-S) or 'T' (teacher maps
+                         up-sampled to the student's sizes, EDAM-T).
+        learn_upsampler: variant 'T' only: train the up-sampling layers (default False).
+    """
+
+    name = "edam"
+    levels = ("attention",)
+
+    def __init__(self, ctx: DistillContext, *, temperature: float = 1.0, direction: str = "teacher_target",
+                 variant: str = "S", learn_upsampler: bool = False):
+        super().__init__(ctx)
+        if not temperature > 0:
+            raise ValueError(f"edam: temperature must be > 0, got {temperature}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"edam: unknown direction {direction!r}; expected one of {DIRECTIONS}")
+        if variant not in VARIANTS:
+            raise ValueError(f"edam: unknown variant {variant!r}; expected one of {VARIANTS}")
+        if learn_upsampler and variant != "T":
+            raise ValueError("edam: learn_upsampler applies to variant 'T' only")
+        if not self.pairs:
+            raise ValueError("edam needs at least one distilled pair")
+        self.temperature, self.direction, self.variant = float(temperature), direction, variant
+        s_out, t_out = ctx.probe(self.student_request(), self.teacher_request())
+        self.upsamplers = nn.ModuleDict()
+        for key in self.pairs:
+            (tq_s, tk_s), (tq_t, tk_t) = self._map_shape(s_out, key, "student"), self._map_shape(t_out, key, "teacher")
+            n_s, n_t = len(s_out.attention[key]), len(t_out.attention[key])
+            if n_s != n_t:
+                raise ValueError(f"edam: pair '{key}' has {n_s} student layers but {n_t} teacher layers")
+            if variant == "S" and (tq_s, tk_s) != (tq_t, tk_t):
+                raise ValueError(
+                    f"edam variant 'S' needs attention maps of equal shape, but pair '{key}' has student "
+                    f"maps (Tq, Tk) = {(tq_s, tk_s)} and teacher maps {(tq_t, tk_t)}; down-sample the "
+                    f"student's sequences to the teacher's lengths or use variant 'T'")
+            if variant == "T":
+                self.upsamplers[key] = Upsampler(tq_t, tk_t, tq_s, tk_s, learn_upsampler)
+
+    @staticmethod
+    def _map_shape(out: ModelOutput, key: str, side: str) -> tuple[int, int]:
+        if key not in out.attention:
+            raise KeyError(f"edam: the {side} output lacks attention scores of pair '{key}' (has {sorted(out.attention)})")
+        shapes = {tuple(s.shape[2:]) for s in out.attention[key]}
+        if len(shapes) != 1:
+            raise ValueError(f"edam: {side} layers of pair '{key}' have different map shapes {sorted(shapes)}")
+        return shapes.pop()
+
+    def student_request(self) -> Request:
+        return Request(attention=frozenset(self.pairs))
+
+    def teacher_request(self) -> Request:
+        return Request(attention=frozenset(self.pairs))
+
+    def forward(self, student: ModelOutput, teacher: ModelOutput, batch: Batch) -> torch.Tensor:
+        per_pair = []
+        for key in self.pairs:
+            s_layers, t_layers = student.attention[key], teacher.attention[key]
+            if len(s_layers) != len(t_layers):
+                raise ValueError(f"edam: pair '{key}' got {len(s_layers)} student and {len(t_layers)} teacher layers")
+            per_layer = [self._layer_loss(key, s, t) for s, t in zip(s_layers, t_layers)]
+            per_pair.append(torch.stack(per_layer).mean())  # mean over layers
+        return torch.stack(per_pair).mean()  # mean over pairs
+
+    def teacher_scores(self, key: str, scores: torch.Tensor) -> torch.Tensor:
+        """The teacher's scores of pair ``key`` at the student's map size (detached input)."""
+        scores = scores.detach()
+        return self.upsamplers[key](scores) if self.variant == "T" else scores
+
+    def _layer_loss(self, key: str, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Mean row cross-entropy of one layer: (B, H_s, Tq, Tk), (B, H_t, Tq', Tk') -> scalar."""
+        t = self.teacher_scores(key, t)
+        if s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
+            raise ValueError(f"edam: pair '{key}': student scores {tuple(s.shape)} and teacher scores "
+                             f"{tuple(t.shape)} (after up-sampling, if any) do not match")
+        average = s.shape[1] != t.shape[1]
+        logp_s = log_maps(s, self.temperature, average)
+        logp_t = log_maps(t, self.temperature, average)
+        if self.direction == "teacher_target":
+            ce = -(logp_t.exp() * logp_s).sum(-1)  # (B, H, Tq)
+        else:
+            ce = -(logp_s.exp() * logp_t).sum(-1)
+        return ce.mean()  # mean over batch, heads and rows

@@ -1,0 +1,163 @@
+"""EDAM: minimum at equality, direct formula, heads, gradients, EDAM-S/T shapes, up-sampler."""
+
+import math
+
+import pytest
+import torch
+
+from mmdistill.data.dataset import Batch
+from mmdistill.distill import DistillContext, build_loss
+from mmdistill.distill.edam import interpolation_matrix
+from mmdistill.models.outputs import ModelOutput, Request
+
+PAIRS = ("V<-A", "V<-L")
+
+
+def _out(att, B=3):
+    """att: pair -> list over layers of (B, H, Tq, Tk) scores."""
+    return ModelOutput(torch.zeros(B, 7), torch.zeros(B, 4), att, {})
+
+
+def _scores(B=3, H=2, L=2, Tq=5, Tk=4, seed=0, grad=False, pairs=PAIRS):
+    g = torch.Generator().manual_seed(seed)
+    return {p: [torch.randn(B, H, Tq, Tk, generator=g).requires_grad_(grad) for _ in range(L)] for p in pairs}
+
+
+def _ctx(s, t, pairs=PAIRS, level="attention"):
+    return DistillContext(level=level, pairs=pairs, n_data=10, probe=lambda sr, tr: (s, t))
+
+
+def _batch(B=3):
+    return Batch({}, torch.zeros(B, dtype=torch.long), torch.zeros(B), torch.arange(B))
+
+
+def _entropy(att, T=1.0, average_heads=False):
+    """Mean row entropy of the temperature-softmax maps, averaged like the loss."""
+    per_pair = []
+    for layers in att.values():
+        per_layer = []
+        for x in layers:
+            p = (x.detach() / T).softmax(-1)
+            if average_heads:
+                p = p.mean(1)
+            per_layer.append(-(p * p.log()).sum(-1).mean())
+        per_pair.append(torch.stack(per_layer).mean())
+    return torch.stack(per_pair).mean()
+
+
+@pytest.mark.parametrize("T", [1.0, 2.5])
+def test_teacher_target_minimal_at_equality(T):
+    t = _out(_scores(seed=1))
+    loss = build_loss("edam", _ctx(t, t), {"temperature": T})
+    same = _out({p: [x.clone() for x in v] for p, v in t.attention.items()})
+    gap = loss(same, t, _batch()) - _entropy(t.attention, T)
+    assert abs(gap.item()) < 1e-5
+    other = _out(_scores(seed=2))
+    assert (loss(other, t, _batch()) - _entropy(t.attention, T)).item() > 1e-3
+
+
+def test_heads_averaged_when_counts_differ():
+    t = _out(_scores(H=3, seed=1))
+    # a one-head student whose map is exactly the teacher's head-averaged map
+    s = _out({p: [x.softmax(-1).mean(1, keepdim=True).log() for x in v] for p, v in t.attention.items()})
+    loss = build_loss("edam", _ctx(s, t), {})
+    gap = loss(s, t, _batch()) - _entropy(t.attention, average_heads=True)
+    assert abs(gap.item()) < 1e-5
+    s2 = _out(_scores(H=1, seed=4))
+    assert (loss(s2, t, _batch()) - _entropy(t.attention, average_heads=True)).item() > 1e-3
+
+
+def test_values_match_direct_formula_both_directions():
+    s, t = _out(_scores(seed=1, L=3)), _out(_scores(seed=2, L=3))
+    T = 2.0
+    for direction, (a, b) in (("teacher_target", (t, s)), ("paper_literal", (s, t))):
+        loss = build_loss("edam", _ctx(s, t), {"temperature": T, "direction": direction})
+        want = 0.0
+        for p in PAIRS:
+            # -sum_k a_k log b_k per row; mean over rows/heads/batch, then layers, then pairs
+            layer_vals = [-((x / T).softmax(-1) * (y / T).softmax(-1).log()).sum(-1).mean()
+                          for x, y in zip(a.attention[p], b.attention[p])]
+            want += sum(layer_vals) / len(layer_vals) / len(PAIRS)
+        assert math.isclose(loss(s, t, _batch()).item(), float(want), rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["S", "T"])
+def test_finite_and_gradient_student_only(variant):
+    s = _out(_scores(seed=1, grad=True, Tq=6, Tk=6))
+    t = _out(_scores(seed=2, grad=True, Tq=6 if variant == "S" else 3, Tk=6 if variant == "S" else 4))
+    loss = build_loss("edam", _ctx(s, t), {"variant": variant})
+    v = loss(s, t, _batch())
+    assert v.dim() == 0 and torch.isfinite(v)
+    v.backward()
+    assert all(x.grad is not None and x.grad.abs().sum() > 0 for p in PAIRS for x in s.attention[p])
+    assert all(x.grad is None for p in PAIRS for x in t.attention[p])
+    assert list(loss.parameters()) == []  # nothing trainable: fixed up-sampler, or none
+
+
+def test_learned_upsampler_gets_gradient_teacher_does_not():
+    s = _out(_scores(seed=1, grad=True, Tq=6, Tk=6))
+    t = _out(_scores(seed=2, grad=True, Tq=3, Tk=4))
+    loss = build_loss("edam", _ctx(s, t), {"variant": "T", "learn_upsampler": True})
+    loss(s, t, _batch()).backward()
+    params = dict(loss.named_parameters())
+    assert set(params) == {f"upsamplers.{p}.{n}" for p in PAIRS for n in ("w_k", "b_k", "w_q", "b_q")}
+    assert all(x.grad is not None and x.grad.abs().sum() > 0 for n, x in params.items() if "w_" in n)
+    assert all(x.grad is None for p in PAIRS for x in t.attention[p])
+
+
+def test_edam_t_upsampled_maps_have_student_shape_and_are_distributions():
+    s = _out(_scores(Tq=7, Tk=9, H=2))
+    t = _out(_scores(Tq=3, Tk=4, H=5, seed=3))
+    loss = build_loss("edam", _ctx(s, t), {"variant": "T", "temperature": 1.5})
+    for p in PAIRS:
+        up = loss.teacher_scores(p, t.attention[p][0])
+        assert up.shape == (3, 5, 7, 9)
+        maps = (up / 1.5).softmax(-1)
+        assert torch.allclose(maps.sum(-1), torch.ones(3, 5, 7))
+    assert torch.isfinite(loss(s, t, _batch()))  # heads 2 vs 5: averaged maps
+
+
+def test_interpolation_init_reproduces_constant_and_linear_maps():
+    for n_in, n_out in ((4, 9), (9, 4), (5, 5), (2, 7)):
+        W = interpolation_matrix(n_in, n_out)
+        assert torch.allclose(W.sum(1), torch.ones(n_out))
+        x = torch.linspace(-1.0, 2.0, n_in)
+        assert torch.allclose(W @ x, torch.linspace(-1.0, 2.0, n_out), atol=1e-6)
+    # a linear-in-both-axes score map is up-sampled exactly by the initialized up-sampler
+    s, t = _out(_scores(Tq=7, Tk=10)), _out(_scores(Tq=4, Tk=5))
+    loss = build_loss("edam", _ctx(s, t), {"variant": "T"})
+    q_t, k_t = torch.linspace(0, 1, 4), torch.linspace(0, 1, 5)
+    q_s, k_s = torch.linspace(0, 1, 7), torch.linspace(0, 1, 10)
+    lin_t = (0.5 + 2 * q_t[:, None] - 3 * k_t[None, :]).expand(1, 1, 4, 5)
+    want = (0.5 + 2 * q_s[:, None] - 3 * k_s[None, :]).expand(1, 1, 7, 10)
+    assert torch.allclose(loss.teacher_scores("V<-A", lin_t), want, atol=1e-5)
+    const = torch.full((1, 1, 4, 5), 1.7)
+    assert torch.allclose(loss.teacher_scores("V<-A", const), torch.full((1, 1, 7, 10), 1.7))
+
+
+def test_variant_s_rejects_mismatched_shapes():
+    s, t = _out(_scores(Tq=6, Tk=6)), _out(_scores(Tq=6, Tk=4))
+    with pytest.raises(ValueError, match=r"V<-A.*\(6, 6\).*\(6, 4\).*variant 'T'"):
+        build_loss("edam", _ctx(s, t), {"variant": "S"})
+
+
+def test_contract_and_options():
+    s = _out(_scores(pairs=("V<-A", "V<-L", "A<-V")))
+    loss = build_loss("edam", _ctx(s, s, pairs=("V<-L",)), {})
+    want = Request(attention=frozenset(["V<-L"]))
+    assert loss.student_request() == want and loss.teacher_request() == want
+    assert loss.needs_negatives == 0
+    assert (loss.temperature, loss.direction, loss.variant) == (1.0, "teacher_target", "S")
+    with pytest.raises(TypeError, match="temp"):
+        build_loss("edam", _ctx(s, s), {"temp": 2.0})
+    with pytest.raises(ValueError, match="direction"):
+        build_loss("edam", _ctx(s, s), {"direction": "student_target"})
+    with pytest.raises(ValueError, match="variant"):
+        build_loss("edam", _ctx(s, s), {"variant": "X"})
+    with pytest.raises(ValueError, match="learn_upsampler"):
+        build_loss("edam", _ctx(s, s), {"learn_upsampler": True})
+    with pytest.raises(ValueError, match="final"):
+        build_loss("edam", _ctx(s, s, level="final"), {})
+    t3 = _out(_scores(L=3))
+    with pytest.raises(ValueError, match="layers"):
+        build_loss("edam", _ctx(_out(_scores(L=2)), t3), {})
