@@ -40,15 +40,9 @@ def blueprint(reg: Registry, run: Run) -> dict[str, Any]:
             configuration=spec.configuration,
             input_modality=reg.params["student_modality"],
             target_lengths=dict(reg.params["data"]["lengths"]),
-            proxy=student_proxy(spec.method, spec.options),
+            proxy=spec.proxy,
         )
     return bp
-
-
-def student_proxy(method: str, options: dict) -> str:
-    """EDAM-T up-samples the teacher's maps, so its student keeps full-length proxies;
-    every other student down-samples its proxies to the teacher's lengths (EDAM-S)."""
-    return "full" if method == "edam" and options.get("variant", "S") == "T" else "down"
 
 
 def build_from_blueprint(bp: dict[str, Any]) -> nn.Module:

@@ -58,6 +58,13 @@ class StudentSpec:
     def distils(self) -> bool:
         return self.method != "none"
 
+    @property
+    def proxy(self) -> str:
+        """How the student builds its proxy streams: EDAM-T up-samples the teacher's maps, so
+        its student keeps full-length proxies ('full'); every other student down-samples its
+        proxies to the teacher's sequence lengths ('down', which EDAM-S relies on)."""
+        return "full" if self.method == "edam" and self.options.get("variant", "S") == "T" else "down"
+
 
 @dataclass(frozen=True)
 class Run:
@@ -203,6 +210,16 @@ class Registry:
             if spec.distils:
                 out["teacher"] = {"name": spec.teacher, "branches": list(self.teachers[spec.teacher].branches)}
         return out
+
+    def architecture_params(self) -> dict[str, Any]:
+        """Everything that determines the architectures (and so parameters and latency)."""
+        p = self.params
+        return {
+            "model": copy.deepcopy(p["model"]), "lengths": dict(p["data"]["lengths"]),
+            "student_modality": p["student_modality"], "profile": copy.deepcopy(p["profile"]),
+            "teachers": {k: list(t.branches) for k, t in self.teachers.items()},
+            "students": {k: [s.configuration, s.proxy] for k, s in self.students.items()},
+        }
 
     def data_identity(self) -> dict[str, Any]:
         d = self.params["data"]

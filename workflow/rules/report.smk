@@ -9,11 +9,7 @@ rule profile:
     output:
         str(REG.profile()),
     params:
-        model=config["model"],
-        profile=config["profile"],
-        lengths=config["data"]["lengths"],
-        students={k: REG.run_params(Run("student", k, REG.seeds[0]))["student"] for k in REG.students},
-        teachers=config["teachers"],
+        architectures=REG.architecture_params(),
     log:
         "logs/profile.log",
     # all cores: timing runs alone, never beside a training job

@@ -1,0 +1,87 @@
+import copy
+
+import pytest
+import yaml
+
+from mmdistill.registry import ParamsError, Registry, Run
+from tests.conftest import ROOT
+
+
+def test_default_params_are_valid():
+    reg = Registry.from_file(ROOT / "params.yaml")
+    assert set(reg.teachers) == {"complete", "video", "language", "audio"}
+    assert "nokd" in reg.students
+    assert len(list(reg.runs())) == len(reg.seeds) * (len(reg.teachers) + len(reg.students))
+
+
+def test_unknown_key_is_named(params):
+    params["train"]["epochz"] = 3
+    with pytest.raises(ParamsError, match=r"train.*epochz"):
+        Registry(params)
+
+
+def test_wrong_type_is_named(params):
+    params["train"]["epochs"] = "ten"
+    with pytest.raises(ParamsError, match=r"train\.epochs"):
+        Registry(params)
+
+
+def test_unknown_method_and_configuration(params):
+    bad = copy.deepcopy(params)
+    bad["students"]["x"] = {"configuration": "language_audio", "teacher": "complete", "method": "magic", "level": "final"}
+    with pytest.raises(ParamsError, match=r"students\.x\.method"):
+        Registry(bad)
+    bad = copy.deepcopy(params)
+    bad["students"]["x"] = {"configuration": "six", "teacher": "complete", "method": "crd", "level": "final"}
+    with pytest.raises(ParamsError, match=r"students\.x\.configuration"):
+        Registry(bad)
+
+
+def test_student_naming_a_missing_teacher(params):
+    params["students"]["x"] = {"configuration": "language_audio", "teacher": "nobody", "method": "crd", "level": "final"}
+    with pytest.raises(ParamsError, match=r"students\.x\.teacher.*nobody"):
+        Registry(params)
+
+
+def test_teacher_lacking_distilled_transformers(params):
+    # configuration language_audio distils V<-A and V<-L, which the video branch does not have
+    params["students"]["x"] = {"configuration": "language_audio", "teacher": "video", "method": "edam", "level": "attention"}
+    with pytest.raises(ParamsError, match=r"lacks the transformers"):
+        Registry(params)
+
+
+def test_lengths_that_do_not_fit(params):
+    params["data"]["lengths"]["L"] = params["data"]["lengths"]["V"] + 1
+    with pytest.raises(ParamsError, match=r"data\.lengths\.L"):
+        Registry(params)
+
+
+def test_heads_must_divide_width(params):
+    params["model"]["n_heads"] = 3
+    with pytest.raises(ParamsError, match=r"n_heads"):
+        Registry(params)
+
+
+def test_paths_are_built_from_registry_keys(params):
+    reg = Registry(params)
+    run = Run("student", "nokd", 1)
+    assert reg.checkpoint(run).as_posix() == "results/students/nokd/seed1/model.pt"
+    assert reg.metrics(run).parent == reg.run_dir(run)
+    assert reg.prepared().as_posix() == "data/prepared/synthetic.h5"
+
+
+def test_run_params_change_only_for_the_changed_student(params):
+    reg = Registry(params)
+    params2 = copy.deepcopy(params)
+    params2["students"]["nokd"]["alpha"] = 0.5
+    reg2 = Registry(params2)
+    changed = [r.id for r in reg.runs() if reg.run_params(r) != reg2.run_params(r)]
+    assert changed and all(c.startswith("students/nokd/") for c in changed)
+
+
+def test_override_files_deep_merge(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"train": {"epochs": 99}}))
+    reg = Registry.from_file(ROOT / "params.yaml", overrides=[extra])
+    assert reg.params["train"]["epochs"] == 99
+    assert reg.params["train"]["batch_size"] == yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["batch_size"]
