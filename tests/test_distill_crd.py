@@ -1,6 +1,7 @@
 """CRD: golden value against the reference formulas (numpy), Z, memory updates, gradients,
 negatives, row bins and the memory bound."""
 
+import copy
 import logging
 import math
 
@@ -249,3 +250,23 @@ def test_bank_size_estimate_and_bound():
     assert "feat_dim" in str(err.value)
     with pytest.raises(ValueError, match="max_bank_mb=100"):
         build_loss("crd", _ctx("attention", s, s, n_data=16326), {"row_bins": 4, "max_bank_mb": 100})
+
+
+
+@pytest.mark.parametrize("K", [4, 30])  # 4 x 5 < 50 rows: gathered scores; 4 x 31 > 50: whole-bank product
+def test_training_step_backward_sees_the_banks_before_their_update(K):
+    s, t = _out(grad=True, seed=5), _out(seed=6)
+    train = build_loss("crd", _ctx("attention", s, t), {**SMALL, "nce_k": K}).train()
+    frozen = copy.deepcopy(train).eval()  # same heads, banks and (unset) Z; never updates
+    before = train.units["V<-A"].memory.bank_s.clone()
+    batch = _batch(4, K)
+    v = train(s, t, batch)
+    v.backward()  # the banks were replaced during forward; the graph keeps the old ones
+    assert not torch.equal(before, train.units["V<-A"].memory.bank_s)
+    got = [x.grad.clone() for x in s.attention["V<-A"]]
+    for x in s.attention["V<-A"] + s.attention["V<-L"]:
+        x.grad = None
+    w = frozen(s, t, batch)
+    w.backward()
+    assert torch.allclose(v, w)
+    assert all(torch.allclose(a, x.grad) for a, x in zip(got, s.attention["V<-A"]))

@@ -125,11 +125,17 @@ class ContrastMemory(nn.Module):
 
     @torch.no_grad()
     def update(self, v_s: torch.Tensor, v_t: torch.Tensor, index: torch.Tensor) -> None:
-        """Move the rows ``index`` (B,) of each bank toward the new embeddings, renormalized."""
+        """Move the rows ``index`` (B,) of each bank toward the new embeddings, renormalized.
+
+        Out of place: the scores of this step may have saved the old bank for their backward
+        pass (the whole-bank product does), so the buffer is replaced by an updated copy and
+        the old one lives until that backward pass is done.
+        """
         m = self.momentum
-        for bank, v in ((self.bank_s, v_s), (self.bank_t, v_t)):
+        for name, v in (("bank_s", v_s), ("bank_t", v_t)):
+            bank = getattr(self, name)
             rows = bank.index_select(1, index) * m + v.detach().to(bank.dtype) * (1 - m)  # (G, B, F)
-            bank.index_copy_(1, index, F.normalize(rows, dim=-1))
+            setattr(self, name, bank.index_copy(1, index, F.normalize(rows, dim=-1)))
 
 
 def bank_scores(bank: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -210,7 +216,8 @@ class CRD(DistillLoss):
                      needs equal row counts). Must not exceed the rows of any distilled map.
         max_bank_mb: refuse configurations whose banks (both sides, all groups, float32) would
                      exceed this many MB (10^6 bytes; default 2048). The default row_bins=4 on
-                     MOSEI (2 pairs, 5 layers, feat_dim 128) needs 669 MB.
+                     MOSEI (2 pairs, 5 layers, feat_dim 128) needs 669 MB. During a training
+                     step the peak is up to twice this (banks are updated out of place).
     """
 
     name = "crd"
