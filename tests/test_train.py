@@ -1,0 +1,87 @@
+"""Training loop: determinism, exact resume after an interruption, non-finite loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmdistill.data.dataset import SplitData
+from mmdistill.models import ModelConfig, build_student
+from mmdistill.modalities import FEATURE_DIM
+from mmdistill.train import loop
+from mmdistill.train.loop import NonFiniteLossError, TrainConfig, train
+
+LENGTHS = {"V": 8, "A": 8, "L": 4}
+CFG = TrainConfig(epochs=3, batch_size=16, lr=3e-3, grad_clip=0.8, lr_patience=1, lr_factor=0.5, early_stop=5)
+
+
+def make_split(name: str, n: int, seed: int) -> SplitData:
+    g = torch.Generator().manual_seed(seed)
+    inputs = {m: torch.randn(n, LENGTHS[m], FEATURE_DIM[m], generator=g) for m in LENGTHS}
+    score = inputs["V"][:, -1, 0].clamp(-3, 3)
+    label = (score.round() + 3).long()
+    length = torch.tensor([[LENGTHS["V"], LENGTHS["A"], LENGTHS["L"]]] * n, dtype=torch.int32)
+    return SplitData(name, inputs, length, label, score, [f"{name}{i}" for i in range(n)])
+
+
+def make_model():
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_dict({"d_model": 8, "n_heads": 2, "n_layers": 1})
+    return build_student(cfg, "language_audio", "V", LENGTHS, "down")
+
+
+def fit(tmp_path, tag, cfg=CFG, train_split=None):
+    model = make_model()
+    res = train(model, train_split or make_split("train", 48, 1), make_split("valid", 16, 2), cfg, seed=3,
+                run_label=f"test/{tag}", resume_path=tmp_path / f"{tag}.pt", config_hash="h", progress=False)
+    return model, res
+
+
+def history_without_time(res):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in res.history]
+
+
+def test_same_seed_gives_identical_results(tmp_path):
+    m1, r1 = fit(tmp_path, "a")
+    m2, r2 = fit(tmp_path, "b")
+    assert history_without_time(r1) == history_without_time(r2)
+    for (k, v1), v2 in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(v1, v2), k
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch):
+    ref_model, ref = fit(tmp_path, "ref")
+
+    real_save = loop.save_resume
+    calls = {"n": 0}
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill after epoch 2")
+
+    monkeypatch.setattr(loop, "save_resume", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path, "resumed")
+    monkeypatch.setattr(loop, "save_resume", real_save)
+    model, res = fit(tmp_path, "resumed")
+    assert res.resumed_from_epoch == 2
+    assert history_without_time(res) == history_without_time(ref)
+    for v1, v2 in zip(ref_model.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(v1, v2)
+
+
+def test_resume_file_from_other_settings_is_not_used(tmp_path):
+    fit(tmp_path, "x", cfg=TrainConfig(**{**CFG.__dict__, "epochs": 1}))
+    model = make_model()
+    res = train(model, make_split("train", 48, 1), make_split("valid", 16, 2), CFG, seed=3, run_label="t",
+                resume_path=tmp_path / "x.pt", config_hash="other", progress=False)
+    assert res.resumed_from_epoch == 0 and res.epochs_run == 3
+
+
+def test_non_finite_loss_names_run_epoch_and_step(tmp_path):
+    bad = make_split("train", 48, 1)
+    bad.inputs["V"][20, -1, :] = float("nan")  # the sample lands in some batch of epoch 1
+    with pytest.raises(NonFiniteLossError, match=r"test/nan: training loss is nan at epoch 1, step \d+/3"):
+        fit(tmp_path, "nan", train_split=bad)
