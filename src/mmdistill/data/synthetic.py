@@ -1,0 +1,196 @@
+"""A synthetic stand-in for CMU-MOSEI with planted cross-modal structure.
+
+It has the layout of MulT's unaligned pickle (Tsai et al. 2019, yaohungt/Multimodal-Transformer,
+``mosei_senti_data_noalign.pkl``): ``split -> {text (N,T_L,300), audio (N,T_A,74),
+vision (N,T_V,35), labels (N,1,1), id (N,)}``, sequences zero LEFT-padded, so every later stage
+runs on it unchanged and a whole pipeline can be tested without the real data.
+
+Generative model (one sample; every constant lives in :class:`GenerativeModel`):
+
+1. Latent factors, all independent N(0, 1): a common factor ``c`` and one private factor per
+   modality ``p_L, p_A, p_V``.
+2. Sentiment score ``y = (w_c c + w_L p_L + w_A p_A + w_V p_V + w_e e) / s`` with ``e ~ N(0, 1)``
+   (annotator noise) and ``s`` making ``y ~ N(0, 1)``. The label is the quantile of ``Phi(y)``
+   in a fixed MOSEI-like distribution over the 19 values ``-3, -8/3, ..., 3`` (averages of
+   three annotators), skewed positive with most mass on the classes 0 and +1
+   (:data:`LABEL_CLASS_PROBS`). The label is a monotone function of ``y``.
+3. Duration: a fraction ``f ~ U(f_min, f_max)`` of the padded length; the true length of
+   modality m is ``clip(round(f T_m), 1, T_m)`` (long segments are long in every modality).
+4. Events: ``K`` in 1..3 moments at relative positions ``u_k ~ U(0.1, 0.9)`` of the segment,
+   the same in every modality (cross-modally synchronized). At an event, modality m gets a
+   Gaussian bump in time (width ``event_width * T_m`` steps) carrying a marker direction
+   (so attention can find events whatever the sentiment), ``c`` along a "common" direction and
+   ``p_m`` along a "private" direction. Language and audio carry ``c`` strongly; video carries
+   it weakly and with fresh noise at every event (``c + video_common_noise * xi_k``), so video
+   alone predicts only part of what language and audio know, and that part is learnable
+   from video.
+5. Background: per-modality feature means and scales plus i.i.d. Gaussian noise at every
+   true step; padding rows are exactly zero.
+6. Audio defects as in real COVAREP features: ``-inf`` in two "log energy" columns at a
+   fraction of frames, and rare frames that are entirely NaN.
+
+So language and audio carry more of the label than video (``w_c`` reaches them cleanly), part
+of what they carry (``c``) is predictable from video, and the evidence is temporally localized
+and synchronized across modalities. Everything is drawn from the ``np.random.Generator``
+passed in, in a fixed order: the same seed gives identical arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import ndtr
+
+from mmdistill.data import SPLITS
+from mmdistill.modalities import FEATURE_DIM, FILE_KEY, MODALITIES
+
+# Approximate MOSEI-like class probabilities for the rounded labels -3..3 (skewed positive,
+# mass on 0 and +1). These are chosen by hand, not measured on MOSEI.
+LABEL_CLASS_PROBS = np.array([0.02, 0.07, 0.15, 0.30, 0.29, 0.14, 0.03])
+# Split of each class over its multiples of 1/3: -3 -> {-3, -8/3}; k -> {k-1/3, k, k+1/3}.
+_WITHIN_CLASS = {3: (0.5, 0.5), 1: (0.3, 0.4, 0.3)}
+
+
+@dataclass(frozen=True)
+class GenerativeModel:
+    """Constants of the synthetic generative model (see the module docstring)."""
+
+    w_common: float = 0.62  # label weight of the common factor c
+    w_private: tuple[tuple[str, float], ...] = (("L", 0.42), ("A", 0.30), ("V", 0.30))
+    w_noise: float = 0.30  # annotator noise
+    # event amplitudes along the common / private / marker directions (background std is 1)
+    amp_common: tuple[tuple[str, float], ...] = (("L", 4.0), ("A", 3.5), ("V", 1.0))
+    amp_private: tuple[tuple[str, float], ...] = (("L", 3.0), ("A", 3.0), ("V", 3.0))
+    amp_marker: float = 3.0
+    video_common_noise: float = 0.8  # std of the per-event noise on c seen by video
+    event_width: float = 0.06  # bump std as a fraction of the padded length (>= 0.6 step)
+    max_events: int = 3
+    f_min: float = 0.35  # duration as a fraction of the padded length
+    f_max: float = 1.3
+    background_std: float = 1.0
+    neginf_columns: tuple[int, ...] = (0, 1)  # audio columns that hold -inf at some frames
+    p_neginf: float = 0.02  # per true frame and column
+    p_nan_row: float = 3e-4  # per true audio frame: whole row NaN
+
+
+def label_levels() -> tuple[np.ndarray, np.ndarray]:
+    """The 19 label values (multiples of 1/3 in [-3, 3]) and their probabilities."""
+    values, probs = [], []
+    for k, pk in zip(range(-3, 4), LABEL_CLASS_PROBS):
+        if k == -3:
+            vals, split = (-3.0, -8 / 3), _WITHIN_CLASS[3]
+        elif k == 3:
+            vals, split = (8 / 3, 3.0), _WITHIN_CLASS[3]
+        else:
+            vals, split = (k - 1 / 3, float(k), k + 1 / 3), _WITHIN_CLASS[1]
+        values += vals
+        probs += [pk * s for s in split]
+    order = np.argsort(values)
+    probs = np.asarray(probs)[order]
+    return np.asarray(values)[order], probs / probs.sum()
+
+
+def score_to_label(y: np.ndarray) -> np.ndarray:
+    """Map standard-normal scores to labels by quantiles of the MOSEI-like distribution."""
+    values, probs = label_levels()
+    edges = np.cumsum(probs)[:-1]  # (18,)
+    idx = np.searchsorted(edges, ndtr(y), side="right")
+    return values[idx]
+
+
+def generate(
+    n_train: int,
+    n_valid: int,
+    n_test: int,
+    lengths: dict[str, int],
+    rng: np.random.Generator,
+    model: GenerativeModel = GenerativeModel(),
+) -> dict[str, dict[str, np.ndarray]]:
+    """Draw a synthetic data set in MulT pickle layout (see the module docstring)."""
+    sizes = {"train": n_train, "valid": n_valid, "test": n_test}
+    for split, n in sizes.items():
+        if n < 1:
+            raise ValueError(f"synthetic split '{split}' must have at least 1 sample, got {n}")
+    for m in MODALITIES:
+        if lengths.get(m, 0) < 1:
+            raise ValueError(f"lengths[{m!r}] must be a positive integer, got {lengths.get(m)}")
+    n = sum(sizes.values())
+    world = {m: _modality_world(FEATURE_DIM[m], rng) for m in MODALITIES}
+
+    # latent factors and labels
+    c = rng.standard_normal(n)  # (N,)
+    private = {m: rng.standard_normal(n) for m in MODALITIES}
+    w_priv = dict(model.w_private)
+    score = model.w_common * c + model.w_noise * rng.standard_normal(n)
+    score += sum(w_priv[m] * private[m] for m in MODALITIES)
+    score /= np.sqrt(model.w_common**2 + model.w_noise**2 + sum(w**2 for w in w_priv.values()))
+    labels = score_to_label(score).astype(np.float32)
+
+    # durations and synchronized events
+    frac = rng.uniform(model.f_min, model.f_max, n)  # (N,)
+    n_events = 1 + rng.binomial(model.max_events - 1, 0.5, n)  # (N,) in 1..max_events
+    active = np.arange(model.max_events)[None, :] < n_events[:, None]  # (N, K)
+    where = np.sort(rng.uniform(0.1, 0.9, (n, model.max_events)), axis=1)  # (N, K)
+    common_seen = {m: np.repeat(c[:, None], model.max_events, axis=1) for m in MODALITIES}
+    common_seen["V"] = common_seen["V"] + model.video_common_noise * rng.standard_normal(
+        (n, model.max_events)
+    )
+
+    amp_c, amp_p = dict(model.amp_common), dict(model.amp_private)
+    arrays = {}
+    for m in MODALITIES:
+        T, D = lengths[m], FEATURE_DIM[m]
+        true_len = np.clip(np.round(frac * T), 1, T).astype(np.int64)  # (N,)
+        start = T - true_len  # first true row
+        t = np.arange(T, dtype=np.float64)
+        pos = start[:, None] + where * (true_len[:, None] - 1)  # (N, K) event centres
+        width = max(0.6, model.event_width * T)
+        bump = np.exp(-0.5 * ((t[None, :, None] - pos[:, None, :]) / width) ** 2)  # (N, T, K)
+        bump *= active[:, None, :]
+        mu, scale, d_common, d_private, d_marker = world[m]
+        content = (
+            amp_c[m] * common_seen[m][..., None] * d_common  # (N, K, D)
+            + amp_p[m] * private[m][:, None, None] * d_private
+            + model.amp_marker * d_marker
+        )
+        x = rng.standard_normal((n, T, D), dtype=np.float32) * np.float32(model.background_std)
+        x = x * scale.astype(np.float32) + mu.astype(np.float32)  # (N, T, D)
+        x += np.matmul(bump, content).astype(np.float32)
+        if m == "A":
+            _audio_defects(x, start, model, rng)
+        x[t[None, :] < start[:, None]] = 0.0  # left padding
+        arrays[FILE_KEY[m]] = x
+
+    out: dict[str, dict[str, np.ndarray]] = {}
+    lo = 0
+    for split in SPLITS:
+        hi = lo + sizes[split]
+        out[split] = {key: arr[lo:hi] for key, arr in arrays.items()}
+        out[split]["labels"] = labels[lo:hi].reshape(-1, 1, 1)
+        out[split]["id"] = np.array([f"synthetic_{split}_{i:05d}" for i in range(hi - lo)])
+        lo = hi
+    return out
+
+
+def _modality_world(dim: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Feature means, scales and three orthonormal directions (common, private, marker)."""
+    mu = 0.5 * rng.standard_normal(dim)
+    scale = rng.uniform(0.5, 1.5, dim)
+    q, _ = np.linalg.qr(rng.standard_normal((dim, 3)))  # (D, 3) orthonormal columns
+    return mu, scale, q[:, 0], q[:, 1], q[:, 2]
+
+
+def _audio_defects(
+    x: np.ndarray, start: np.ndarray, model: GenerativeModel, rng: np.random.Generator
+) -> None:
+    """Put -inf in the log-energy columns and whole-NaN rows at random true frames, in place."""
+    n, T, _ = x.shape
+    true = np.arange(T)[None, :] >= start[:, None]  # (N, T)
+    cols = list(model.neginf_columns)
+    neginf = (rng.random((n, T, len(cols))) < model.p_neginf) & true[..., None]
+    sub = x[:, :, cols]
+    sub[neginf] = -np.inf
+    x[:, :, cols] = sub
+    nan_rows = (rng.random((n, T)) < model.p_nan_row) & true
+    x[nan_rows] = np.nan
