@@ -100,10 +100,16 @@ class Upsampler(nn.Module):
 
 def log_maps(scores: torch.Tensor, temperature: float, average_heads: bool) -> torch.Tensor:
     """Log of the temperature-softmax maps: (B, H, Tq, Tk) -> same, or (B, 1, Tq, Tk) averaged over heads."""
-    logp = F.log_softmax(scores / temperature, dim=-1)
+    logp = F.log_softmax(scores if temperature == 1 else scores / temperature, dim=-1)
     if average_heads:  # log of the mean over heads of the maps, computed stably
         logp = torch.logsumexp(logp, dim=1, keepdim=True) - math.log(scores.shape[1])
     return logp
+
+
+def maps(scores: torch.Tensor, temperature: float, average_heads: bool) -> torch.Tensor:
+    """The temperature-softmax maps: (B, H, Tq, Tk) -> same, or (B, 1, Tq, Tk) averaged over heads."""
+    p = F.softmax(scores if temperature == 1 else scores / temperature, dim=-1)
+    return p.mean(1, keepdim=True) if average_heads else p
 
 
 @register
@@ -189,10 +195,10 @@ class EDAM(DistillLoss):
             raise ValueError(f"edam: pair '{key}': student scores {tuple(s.shape)} and teacher scores "
                              f"{tuple(t.shape)} (after up-sampling, if any) do not match")
         average = s.shape[1] != t.shape[1]
-        logp_s = log_maps(s, self.temperature, average)
-        logp_t = log_maps(t, self.temperature, average)
-        if self.direction == "teacher_target":
-            ce = -(logp_t.exp() * logp_s).sum(-1)  # (B, H, Tq)
-        else:
-            ce = -(logp_s.exp() * logp_t).sum(-1)
-        return ce.mean()  # mean over batch, heads and rows
+        a, b = (t, s) if self.direction == "teacher_target" else (s, t)  # F(a, b) = -a log b
+        target = maps(a, self.temperature, average)  # (B, H, Tq, Tk), H = 1 when averaged
+        logp = log_maps(b, self.temperature, average)
+        n_rows = logp.numel() // logp.shape[-1]
+        # sum over all rows of -sum_k a_k log b_k as one dot product (no (B, H, Tq, Tk) product
+        # tensor), then the mean over batch, heads and rows
+        return -torch.dot(target.reshape(-1), logp.reshape(-1)) / n_rows
