@@ -197,7 +197,9 @@ def bin_matrix(n_rows: int, n_bins: int) -> torch.Tensor:
 
 def attention_rows(scores: list[torch.Tensor], bins: torch.Tensor) -> torch.Tensor:
     """Per-layer scores (B, H, Tq, Tk) -> binned head-averaged maps as groups (L * nb, B, Tk)."""
-    maps = [torch.einsum("rq,bqk->rbk", bins, s.softmax(-1).mean(1)) for s in scores]  # (nb, B, Tk) each
+    # bin rows first (a broadcast matmul over B and H reads each map once), then average the
+    # small (B, H, nb, Tk) result over heads
+    maps = [(bins @ s.softmax(-1)).mean(1).transpose(0, 1) for s in scores]  # (nb, B, Tk) each
     return torch.cat(maps, dim=0)
 
 
