@@ -270,3 +270,13 @@ def test_training_step_backward_sees_the_banks_before_their_update(K):
     w.backward()
     assert torch.allclose(v, w)
     assert all(torch.allclose(a, x.grad) for a, x in zip(got, s.attention["V<-A"]))
+
+
+def test_z_restored_from_a_checkpoint_is_kept():
+    loss, unit, s, t, batch, _ = _golden_setup()
+    loss(s, t, batch)
+    state = copy.deepcopy(loss.state_dict())
+    fresh, funit, *_ = _golden_setup()
+    fresh.load_state_dict(state)
+    fresh(ModelOutput(s.logits * 5, s.penultimate), t, batch)
+    assert torch.equal(funit.memory.z, state["units.final.memory.z"])

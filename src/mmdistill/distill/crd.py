@@ -99,6 +99,7 @@ class ContrastMemory(nn.Module):
         self.register_buffer("bank_s", torch.rand(groups, n_data, feat_dim).mul_(2 * stdv).sub_(stdv))
         self.register_buffer("bank_t", torch.rand(groups, n_data, feat_dim).mul_(2 * stdv).sub_(stdv))
         self.register_buffer("z", torch.full((2, groups), -1.0))
+        self._z_ready = False  # cache of (z >= 0).all(), so that set Z costs no device sync
 
     def forward(self, v_s: torch.Tensor, v_t: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """v_s, v_t: (G, B, F) embeddings; idx: (B, K+1), column 0 the samples themselves.
@@ -109,19 +110,25 @@ class ContrastMemory(nn.Module):
         """
         out_s = torch.exp(bank_scores(self.bank_t, v_s, idx) / self.nce_t)  # (G, B, K+1)
         out_t = torch.exp(bank_scores(self.bank_s, v_t, idx) / self.nce_t)
-        with torch.no_grad():
-            for side, out in enumerate((out_s, out_t)):
-                unset = self.z[side] < 0  # (G,)
-                if unset.any():
-                    z = out.mean(dim=(1, 2)) * self.n_data  # (G,)
-                    self.z[side] = torch.where(unset, z, self.z[side])
-                    log.info("CRD normalization constant Z (%s anchor) set to %s",
-                             ("student", "teacher")[side], [round(x, 1) for x in z.tolist()[:8]])
+        if not self._z_ready:
+            self._set_z(out_s, out_t)
         p_s = out_s / self.z[0][:, None, None]
         p_t = out_t / self.z[1][:, None, None]
         if self.training:
             self.update(v_s, v_t, idx[:, 0])
         return p_s, p_t
+
+    @torch.no_grad()
+    def _set_z(self, out_s: torch.Tensor, out_t: torch.Tensor) -> None:
+        """Z = mean(out) * n_data for every group whose Z is unset (< 0); others are kept."""
+        for side, out in enumerate((out_s, out_t)):
+            unset = self.z[side] < 0  # (G,)
+            if unset.any():
+                z = out.mean(dim=(1, 2)) * self.n_data  # (G,)
+                self.z[side] = torch.where(unset, z, self.z[side])
+                log.info("CRD normalization constant Z (%s anchor) set to %s",
+                         ("student", "teacher")[side], [round(x, 1) for x in z.tolist()[:8]])
+        self._z_ready = bool((self.z >= 0).all())
 
     @torch.no_grad()
     def update(self, v_s: torch.Tensor, v_t: torch.Tensor, index: torch.Tensor) -> None:
