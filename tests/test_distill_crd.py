@@ -280,3 +280,9 @@ def test_z_restored_from_a_checkpoint_is_kept():
     fresh.load_state_dict(state)
     fresh(ModelOutput(s.logits * 5, s.penultimate), t, batch)
     assert torch.equal(funit.memory.z, state["units.final.memory.z"])
+
+
+def test_bank_bound_at_other_levels_names_feat_dim():
+    s = _out(L=5, Tq=50, d=30)
+    with pytest.raises(ValueError, match=r"lower feat_dim, distill fewer pairs, or raise max_bank_mb"):
+        build_loss("crd", _ctx("post_attention", s, s, n_data=16326), {"max_bank_mb": 50})

@@ -248,11 +248,12 @@ class CRD(DistillLoss):
         mb = 2 * n_groups * ctx.n_data * feat_dim * BYTES_PER_FLOAT / 1e6
         self.bank_mb = mb
         if mb > max_bank_mb:
+            lower = f"row_bins (now {row_bins}) or feat_dim" if self.level == "attention" else "feat_dim"
             raise ValueError(
                 f"crd at level '{self.level}' would hold {mb:.0f} MB of memory banks "
                 f"(2 sides x {n_groups} banks of {ctx.n_data} x {feat_dim} float32, groups per pair: "
                 f"{ {k: g for k, (g, _, _) in shapes.items()} }), above max_bank_mb={max_bank_mb}; "
-                f"lower row_bins (now {row_bins}) or feat_dim, distill fewer pairs, or raise max_bank_mb"
+                f"lower {lower}, distill fewer pairs, or raise max_bank_mb"
             )
         self.units = nn.ModuleDict({
             key: CRDUnit(g, ds, dt, ctx.n_data, feat_dim, nce_t, momentum)
