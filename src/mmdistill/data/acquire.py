@@ -1,0 +1,132 @@
+"""The two data steps the command line runs: ``acquire`` (raw input) and ``prepare_dataset``.
+
+``data_cfg`` is the ``data:`` section of params.yaml (already schema-validated):
+``source`` (synthetic | mult_pkl | sdk_csd), ``lengths`` {V, A, L} and one block per source.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from mmdistill.data import mult_pkl, prepare, sdk_csd, synthetic
+from mmdistill.data.dataset import DataError
+from mmdistill.data.download import fetch, sha256sum
+from mmdistill.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("synthetic", "mult_pkl", "sdk_csd")
+SYNTHETIC_NAME = "mosei_synthetic.pkl"
+MULT_PKL_NAME = "mosei_senti_data_noalign.pkl"
+FOLDS_NAME = "mosei_folds.json"  # optional, beside the .csd files: {"train": [ids], ...}
+
+
+def acquire(data_cfg: dict, raw_dir: str | Path, progress: bool = True) -> Path:
+    """Produce the raw input of the configured source under ``raw_dir``; return its path.
+
+    synthetic: generate and write ``raw_dir/mosei_synthetic.pkl`` (MulT pickle layout).
+    mult_pkl: the local ``path`` if given, else download ``raw_dir/mosei_senti_data_noalign.pkl``.
+    sdk_csd: the local ``path`` directory if given, else download the four ``.csd`` files
+    into ``raw_dir`` and return ``raw_dir``.
+    """
+    raw_dir = Path(raw_dir)
+    source = _source(data_cfg)
+    if source == "synthetic":
+        cfg = data_cfg["synthetic"]
+        raw = synthetic.generate(
+            cfg["n_train"], cfg["n_valid"], cfg["n_test"], data_cfg["lengths"],
+            np.random.default_rng(cfg["seed"]),
+        )
+        out = raw_dir / SYNTHETIC_NAME
+        with atomic_path(out) as tmp, open(tmp, "wb") as f:
+            pickle.dump(raw, f, protocol=pickle.HIGHEST_PROTOCOL)
+        return out
+    if source == "mult_pkl":
+        cfg = data_cfg["mult_pkl"]
+        if cfg.get("path"):
+            return _local_file(Path(cfg["path"]).expanduser(), cfg.get("sha256"))
+        return fetch(cfg["urls"], raw_dir / MULT_PKL_NAME, cfg.get("sha256"), progress)
+    cfg = data_cfg["sdk_csd"]
+    checksums = cfg.get("sha256") or {}
+    if cfg.get("path"):
+        directory = Path(cfg["path"]).expanduser()
+        for key, path in sdk_csd.locate(directory).items():
+            _local_file(path, _csd_checksum(checksums, key))
+        return directory
+    for key, rel in sdk_csd.CSD_FILES.items():
+        urls = [base.rstrip("/") + "/" + rel for base in cfg["base_urls"]]
+        fetch(urls, raw_dir / Path(rel).name, _csd_checksum(checksums, key), progress)
+    return raw_dir
+
+
+def prepare_dataset(data_cfg: dict, raw_path: str | Path, out_h5: str | Path, summary_json: str | Path) -> dict:
+    """Read the raw input, prepare it, write the HDF5 and the JSON summary; return the summary.
+
+    See :mod:`mmdistill.data.prepare` for the rules. The summary records the source, lengths,
+    rounding rule, per-split counts (samples, classes, NaN/inf, empty and cut sequences) and the
+    sha256 of the raw input file(s).
+    """
+    raw_path = Path(raw_path)
+    source = _source(data_cfg)
+    lengths = data_cfg["lengths"]
+    extra: dict = {}
+    if source in ("synthetic", "mult_pkl"):
+        raw = mult_pkl.load(raw_path)
+        digests = {raw_path.name: sha256sum(raw_path)}
+    else:
+        folds, extra["folds"] = _folds(data_cfg["sdk_csd"], raw_path)
+        raw = sdk_csd.load(raw_path, lengths, folds)
+        digests = {p.name: sha256sum(p) for p in sdk_csd.locate(raw_path).values()}
+    arrays, summary = prepare.prepare(raw, lengths, source)
+    del raw
+    summary["raw"] = {"path": str(raw_path), "sha256": digests, **extra}
+    summary["source_config"] = data_cfg[source]
+    prepare.write_h5(arrays, summary, out_h5)
+    write_json(summary_json, summary)
+    log.info("prepared %s: %s samples per split -> %s", source, summary["n"], out_h5)
+    return summary
+
+
+def _source(data_cfg: dict) -> str:
+    source = data_cfg.get("source")
+    if source not in SOURCES:
+        raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}")
+    return source
+
+
+def _local_file(path: Path, sha256: str | None) -> Path:
+    """A user-supplied raw file: it must exist and match the checksum when one is given."""
+    if not path.is_file():
+        raise DataError(f"{path}: configured raw data file does not exist")
+    if sha256:
+        actual = sha256sum(path)
+        if actual != sha256.lower():
+            raise DataError(f"{path}: sha256 mismatch: expected {sha256.lower()}, got {actual}")
+    return path
+
+
+def _csd_checksum(checksums: dict[str, str], key: str) -> str | None:
+    """Checksum of one .csd file, keyed by its file name or its path relative to the base URL."""
+    rel = sdk_csd.CSD_FILES[key]
+    return checksums.get(Path(rel).name) or checksums.get(rel)
+
+
+def _folds(cfg: dict, directory: Path) -> tuple[dict[str, list[str]] | None, str]:
+    """Folds from ``cfg['folds']`` or ``<directory>/mosei_folds.json``; else hash folds."""
+    path = Path(cfg["folds"]).expanduser() if cfg.get("folds") else directory / FOLDS_NAME
+    if cfg.get("folds") and not path.is_file():
+        raise DataError(f"{path}: configured folds file does not exist")
+    if not path.is_file():
+        return None, sdk_csd.HASH_FOLDS
+    try:
+        folds = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(folds, dict) or not all(isinstance(folds.get(s), list) for s in ("train", "valid", "test")):
+        raise DataError(f"{path}: expected {{'train': [video ids], 'valid': [...], 'test': [...]}}")
+    return folds, f"from {path}"
