@@ -77,7 +77,7 @@ def load_data(reg: Registry) -> dict[str, SplitData]:
 
 # ---------------------------------------------------------------------- training
 def make_distillation(reg: Registry, run: Run, student: nn.Module, train_split: SplitData,
-                      batch_size: int) -> Distillation | None:
+                      valid_split: SplitData, batch_size: int) -> Distillation | None:
     spec = reg.spec(run)
     if not spec.distils:
         return None
@@ -97,6 +97,8 @@ def make_distillation(reg: Registry, run: Run, student: nn.Module, train_split: 
     ctx = DistillContext(
         level=spec.level, pairs=CONFIGURATIONS[spec.configuration].distilled_pairs,
         n_data=len(train_split), probe=probe,
+        extra={"student": student, "teacher": teacher, "train_split": train_split,
+               "valid_split": valid_split, "batch_size": batch_size},
     )
     loss = build_loss(spec.method, ctx, dict(spec.options))
     return Distillation(teacher=teacher, loss=loss, alpha=spec.alpha, beta=spec.beta)
@@ -111,7 +113,7 @@ def train_run(reg: Registry, run: Run, progress: bool = True) -> dict[str, Any]:
     bp = blueprint(reg, run)
     torch.manual_seed(run.seed)  # model initialization
     model = build_from_blueprint(bp)
-    kd = make_distillation(reg, run, model, splits["train"], cfg.batch_size)
+    kd = make_distillation(reg, run, model, splits["train"], splits["valid"], cfg.batch_size)
     result = train(
         model, splits["train"], splits["valid"], cfg, seed=run.seed, run_label=run.id,
         resume_path=reg.resume_checkpoint(run), config_hash=chash, kd=kd, progress=progress,

@@ -99,6 +99,26 @@ class SplitData:
         return -(-len(self) // batch_size)
 
 
+def mask_inputs(inputs: dict[str, torch.Tensor], keep: tuple[str, ...], fill: str = "zero",
+                means: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Inputs with every modality not in ``keep`` replaced: by zeros (``fill='zero'``, which is
+    also what padding looks like) or by a per-feature mean (``fill='mean'``, ``means[m]`` of
+    shape (D,), e.g. the training-split mean over real time steps)."""
+    out = {}
+    for m, x in inputs.items():
+        if m in keep:
+            out[m] = x
+        elif fill == "zero":
+            out[m] = torch.zeros_like(x)
+        elif fill == "mean":
+            if means is None or m not in means:
+                raise ValueError(f"fill='mean' needs the mean features of modality {m}")
+            out[m] = means[m].to(x).expand_as(x).clone()
+        else:
+            raise ValueError(f"unknown fill {fill!r}; expected 'zero' or 'mean'")
+    return out
+
+
 class NegativeSampler:
     """Draws, for each anchor, ``k`` indices of samples whose class differs from the anchor's.
 

@@ -40,6 +40,9 @@ class DistillContext:
     n_data: int  # size of the training split (memory banks, negatives)
     probe: Probe
     n_classes: int = 7
+    # Objects a method may need beyond the outputs, e.g. for saliency or look-ahead weights:
+    # "student", "teacher" (modules: keep them out of the loss's own submodules),
+    # "train_split", "valid_split" (SplitData), "batch_size", "device".
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,6 +64,12 @@ class DistillLoss(nn.Module):
 
     def teacher_request(self) -> Request:
         return NOTHING
+
+    def teacher_views(self) -> dict[str, tuple[str, ...]]:
+        """Extra teacher passes this loss needs: view name -> modalities kept (the others are
+        zeroed). Their logits and penultimate features arrive in ``teacher.views[name]``;
+        being outputs of a frozen teacher, they are computed once per data set."""
+        return {}
 
     @property
     def needs_negatives(self) -> int:

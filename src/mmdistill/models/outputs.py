@@ -46,12 +46,16 @@ class ModelOutput:
                      before softmax (maps are ``scores.softmax(-1)``; paper eqs. 8 and 10)
     post_attention:  name -> list over layers of (B, Tq, d): the attention module's output
                      (softmax(QK^T/sqrt(d_k)) V, after the output projection; paper eq. 3)
+    views:           view name -> output of the same model on a modified input (e.g. the
+                     teacher with some modalities masked, for modality-specific distillation);
+                     filled by the training loop for the views a loss asks for
     """
 
     logits: torch.Tensor
     penultimate: torch.Tensor
     attention: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     post_attention: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    views: dict[str, "ModelOutput"] = field(default_factory=dict)
 
     def detach(self) -> "ModelOutput":
         return ModelOutput(
@@ -59,4 +63,5 @@ class ModelOutput:
             self.penultimate.detach(),
             {k: [t.detach() for t in v] for k, v in self.attention.items()},
             {k: [t.detach() for t in v] for k, v in self.post_attention.items()},
+            {k: v.detach() for k, v in self.views.items()},
         )

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mmdistill.data.dataset import Batch, SplitData
+from mmdistill.data.dataset import Batch, SplitData, mask_inputs
 from mmdistill.distill.base import DistillLoss
 from mmdistill.io import atomic_path
 from mmdistill.models.outputs import NOTHING, ModelOutput, Request
@@ -102,25 +102,37 @@ def set_determinism(seed: int, threads: int, device: torch.device) -> None:
 
 
 class TeacherCache:
-    """Teacher logits and penultimate features for a whole split, computed once.
+    """Teacher outputs for a whole split, computed once.
 
-    Output-level distillation needs nothing else from a frozen, eval-mode teacher, so the
-    teacher runs once per data set instead of once per step of every epoch.
+    A frozen, eval-mode teacher gives the same logits and penultimate features for a sample
+    at every epoch, so output-level distillation runs the teacher once per data set instead of
+    once per step. The same holds for the masked-modality views some losses ask for
+    (:meth:`DistillLoss.teacher_views`).
     """
 
-    def __init__(self, teacher: nn.Module, split: SplitData, batch_size: int, device: torch.device):
-        logits, pen = [], []
+    def __init__(self, teacher: nn.Module, split: SplitData, batch_size: int, device: torch.device,
+                 views: dict[str, tuple[str, ...]], main: bool = True):
+        names = (["main"] if main else []) + list(views)
+        keep = {"main": tuple(split.inputs), **views}
+        parts: dict[str, tuple[list, list]] = {n: ([], []) for n in names}
         with torch.no_grad():
             for b in split.batches(batch_size):
-                out = teacher(b.to(device).inputs, NOTHING)
-                logits.append(out.logits)
-                pen.append(out.penultimate)
-        self.logits = torch.cat(logits)
-        self.penultimate = torch.cat(pen)
+                inputs = b.to(device).inputs
+                for n in names:
+                    out = teacher(mask_inputs(inputs, keep[n]), NOTHING)
+                    parts[n][0].append(out.logits)
+                    parts[n][1].append(out.penultimate)
+        self.outputs = {n: (torch.cat(lg), torch.cat(pen)) for n, (lg, pen) in parts.items()}
+        self.views = list(views)
 
-    def __call__(self, batch: Batch) -> ModelOutput:
-        idx = batch.index.to(self.logits.device)
-        return ModelOutput(self.logits[idx], self.penultimate[idx])
+    def __call__(self, batch: Batch, live: ModelOutput | None = None) -> ModelOutput:
+        """The cached outputs of ``batch``; with ``live`` (a per-batch teacher pass), only
+        the cached views are attached to it."""
+        idx = batch.index.to(next(iter(self.outputs.values()))[0].device) if self.outputs else batch.index
+        pick = lambda n: ModelOutput(self.outputs[n][0][idx], self.outputs[n][1][idx])  # noqa: E731
+        out = live if live is not None else pick("main")
+        out.views = {n: pick(n) for n in self.views}
+        return out
 
 
 class Objective:
@@ -135,20 +147,23 @@ class Objective:
         if kd is not None:
             kd.teacher.eval().requires_grad_(False)
             self.student_request = kd.loss.student_request()
-            if kd.loss.teacher_request().empty:
-                self.cache = TeacherCache(kd.teacher, train_split, batch_size, device)
+            self.teacher_request = kd.loss.teacher_request()
+            views = kd.loss.teacher_views()
+            if self.teacher_request.empty or views:
+                self.cache = TeacherCache(kd.teacher, train_split, batch_size, device, views,
+                                          main=self.teacher_request.empty)
 
     def __call__(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.model(batch.inputs, self.student_request)
         ce = F.cross_entropy(out.logits, batch.label)
         if self.kd is None:
             return ce, {"ce": ce.detach()}
-        if self.cache is not None:
-            t_out = self.cache(batch)
-        else:
+        live = None
+        if not self.teacher_request.empty:
             with torch.no_grad():
-                t_out = self.kd.teacher(batch.inputs, self.kd.loss.teacher_request())
-        kd = self.kd.loss(out, t_out.detach(), batch)
+                live = self.kd.teacher(batch.inputs, self.teacher_request).detach()
+        t_out = self.cache(batch, live) if self.cache is not None else live
+        kd = self.kd.loss(out, t_out, batch)
         total = self.kd.alpha * ce + self.kd.beta * kd
         return total, {"ce": ce.detach(), "kd": kd.detach()}
 
