@@ -77,6 +77,8 @@ def load(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
         raise DataError(f"{path}: truncated pickle (ends early: {exc or 'EOF'})") from exc
     except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError,
             KeyError, MemoryError, UnicodeDecodeError) as exc:
+        if "truncated" in str(exc):  # e.g. "pickle data was truncated"
+            raise DataError(f"{path}: truncated pickle ({exc})") from exc
         raise DataError(f"{path}: malformed pickle ({type(exc).__name__}: {exc})") from exc
     return check(obj, str(path))
 
