@@ -157,6 +157,7 @@ def _transfer(url: str, part: Path, name: str, progress: bool, timeout: float) -
         if status == 206:
             first = _range_start(resp.headers.get("Content-Range"))
             if first != have:
+                part.unlink()  # the next attempt starts from zero
                 raise _Transient(f"server answered a resume at byte {have} with range {first}")
         elif have:
             log.info("%s ignores Range: restarting %s from zero", url, name)
