@@ -78,9 +78,9 @@ def load_data(reg: Registry) -> dict[str, SplitData]:
 # ---------------------------------------------------------------------- training
 def make_distillation(reg: Registry, run: Run, student: nn.Module, train_split: SplitData,
                       valid_split: SplitData, batch_size: int) -> Distillation | None:
-    spec = reg.spec(run)
-    if not spec.distils:
+    if run.role != "student" or not reg.spec(run).distils:
         return None
+    spec = reg.spec(run)
     teacher = load_model(reg.checkpoint(reg.teacher_run(run)))
     teacher.requires_grad_(False)
     example = next(train_split.batches(min(batch_size, len(train_split))))
