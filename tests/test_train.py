@@ -83,5 +83,5 @@ def test_resume_file_from_other_settings_is_not_used(tmp_path):
 def test_non_finite_loss_names_run_epoch_and_step(tmp_path):
     bad = make_split("train", 48, 1)
     bad.inputs["V"][20, -1, :] = float("nan")  # the sample lands in some batch of epoch 1
-    with pytest.raises(NonFiniteLossError, match=r"test/nan: training loss is nan at epoch 1, step \d+/3"):
+    with pytest.raises(NonFiniteLossError, match=r"test/nan: training loss is non-finite at epoch 1, step \d+/3"):
         fit(tmp_path, "nan", train_split=bad)

@@ -64,6 +64,13 @@ class SplitData:
         """Padded sequence length per modality."""
         return {m: int(x.shape[1]) for m, x in self.inputs.items()}
 
+    def to(self, device: torch.device | str) -> "SplitData":
+        """The split with every tensor on ``device`` (batches are then cut on the device)."""
+        return replace(
+            self, inputs={m: x.to(device) for m, x in self.inputs.items()},
+            length=self.length.to(device), label=self.label.to(device), score=self.score.to(device),
+        )
+
     def subset(self, n: int) -> "SplitData":
         return replace(
             self,
@@ -85,14 +92,17 @@ class SplitData:
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         sampler = NegativeSampler(self.label, n_negatives) if n_negatives > 0 else None
+        device = self.label.device
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
+            negatives = sampler.sample(idx, generator) if sampler else None
+            idx_d = idx.to(device, non_blocking=True)
             yield Batch(
-                {m: self.inputs[m][idx] for m in modalities},
-                self.label[idx],
-                self.score[idx],
-                idx,
-                sampler.sample(idx, generator) if sampler else None,
+                {m: self.inputs[m][idx_d] for m in modalities},
+                self.label[idx_d],
+                self.score[idx_d],
+                idx_d,
+                None if negatives is None else negatives.to(device, non_blocking=True),
             )
 
     def n_batches(self, batch_size: int) -> int:
@@ -128,7 +138,7 @@ class NegativeSampler:
 
     def __init__(self, labels: torch.Tensor, k: int):
         self.k = k
-        labels = labels.cpu()
+        labels = labels.cpu()  # sampling runs on the CPU generator, whatever the data's device
         self.pools = {}
         for c in range(N_CLASSES):
             pool = torch.nonzero(labels != c).flatten()

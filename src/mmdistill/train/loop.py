@@ -54,6 +54,7 @@ class TrainConfig:
     early_stop: int
     threads: int = 1
     device: str = "auto"
+    precision: str = "fp32"  # 'bf16': autocast forward passes to bfloat16 (GPU nodes)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -241,6 +242,9 @@ def train(
             log.warning("%s: %s was written under other settings; starting afresh", run_label, resume_path)
 
     n_steps = train_split.n_batches(cfg.batch_size)
+    check_every = 1 if device.type == "cpu" else 50
+    if device.type == "cuda":  # the whole data set on the GPU: no host-to-device copy per step
+        train_split, valid_split = train_split.to(device), valid_split.to(device)
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.early_stop:
         epoch = state["epoch"] + 1
         t0 = time.perf_counter()
@@ -251,15 +255,22 @@ def train(
             total=n_steps, desc=f"{run_label} epoch {epoch}/{cfg.epochs}", leave=False,
             disable=not progress, file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0,
         )
+        first_bad = torch.zeros((), dtype=torch.long, device=device)  # first non-finite step, 0 = none
         for step, batch in enumerate(bar, start=1):
             batch = batch.to(device, non_blocking=True)
-            loss, parts = objective(batch)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"{run_label}: training loss is {loss.item()} at epoch {epoch}, step {step}/{n_steps} "
-                    f"(parts: { {k: float(v) for k, v in parts.items()} }); "
-                    f"the last good checkpoint is kept at {resume_path}"
-                )
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                loss, parts = objective(batch)
+            # On a GPU the check is deferred (no host-device sync per step): the step is
+            # recorded on the device and the run stops at the next check, before any
+            # checkpoint is written, so the last good checkpoint is the one on disk.
+            first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step, first_bad)
+            if step % check_every == 0 or step == n_steps:
+                if (bad := int(first_bad)) > 0:
+                    raise NonFiniteLossError(
+                        f"{run_label}: training loss is non-finite at epoch {epoch}, step {bad}/{n_steps}"
+                        f" (last value {loss.item()}, parts: { {k: float(v) for k, v in parts.items()} });"
+                        f" the last good checkpoint is kept at {resume_path}"
+                    )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
