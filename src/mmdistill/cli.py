@@ -10,7 +10,8 @@ Steps:
     prepare    raw data -> one HDF5 file + JSON summary
     train      train one teacher or student run (--role, --name, --seed)
     profile    parameters and inference latency of every architecture
-    report     Table 1 (CSV + Markdown) from the finished runs
+    report     Table 1 (CSV + Markdown, paired tests against the no-KD student) and figures
+    bench      training-step and inference cost, side by side (results/bench.json, .md)
 """
 
 from __future__ import annotations
@@ -86,16 +87,36 @@ def cmd_profile(args) -> int:
 
 def cmd_report(args) -> int:
     from mmdistill.io import read_json, write_text
+    from mmdistill.report.figures import make_figures
+    from mmdistill.report.stats import add_paired_stats
     from mmdistill.report.table import collect_runs, cost_ratios, table1, to_markdown
 
     reg = _registry(args)
     profile = read_json(reg.profile())
     runs = collect_runs(reg)
-    table = table1(reg, runs, profile)
+    table = add_paired_stats(table1(reg, runs, profile), reg, runs)
     ratios = cost_ratios(table, reg)
     write_text(reg.table("csv"), table.to_csv(index=False, float_format="%.4f"))
     write_text(reg.table("md"), to_markdown(table, ratios, profile, reg.source))
     log.info("wrote %s and %s", reg.table("csv"), reg.table("md"))
+    t0 = time.perf_counter()
+    figures = make_figures(reg, table, runs, profile, reg.figures_dir())
+    log.info("wrote %d figures to %s in %.1f s", len(figures), reg.figures_dir(), time.perf_counter() - t0)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from mmdistill.bench import bench, to_markdown
+    from mmdistill.io import write_json, write_text
+
+    reg = _registry(args)
+    r = bench(reg.params["model"], dict(reg.params["data"]["lengths"]), reg.params["train"]["batch_size"],
+              device_name=reg.params["train"]["device"], threads=args.threads, full=not args.no_full,
+              full_steps=args.full_steps, log=log.info)
+    out = Path(args.out)
+    write_json(out.with_suffix(".json"), r)
+    write_text(out.with_suffix(".md"), to_markdown(r))
+    log.info("wrote %s and %s", out.with_suffix(".json"), out.with_suffix(".md"))
     return 0
 
 
@@ -117,7 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, required=True)
     t.set_defaults(func=cmd_train)
     sub.add_parser("profile", parents=[common], help="parameters and latency").set_defaults(func=cmd_profile)
-    sub.add_parser("report", parents=[common], help="Table 1").set_defaults(func=cmd_report)
+    sub.add_parser("report", parents=[common], help="Table 1 and figures").set_defaults(func=cmd_report)
+    b = sub.add_parser("bench", parents=[common], help="where the time goes (not part of the pipelines)")
+    b.add_argument("--out", default="results/bench", help="output path without suffix (.json and .md are written)")
+    b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    b.add_argument("--no-full", action="store_true", help="skip MOSEI's full lengths")
+    b.add_argument("--full-steps", type=int, default=2, help="timed steps at full length")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -1,0 +1,237 @@
+"""Where the time goes: training-step and inference cost of teacher and students, side by side.
+
+``python -m mmdistill bench`` measures, in one run:
+
+* the training step (forward, backward, optimizer step) of the complete teacher, the no-KD
+  student, a student with output-level KD (Hinton KD on cached teacher logits) and a student
+  with attention-map KD (EDAM-S, the teacher run per step with maps of the distilled pairs);
+* inference latency of the complete teacher and the student at batch 1 and 32;
+* achieved GFLOP/s of each training step (FLOPs counted by ``torch.utils.flop_counter``)
+  against a large float32 matmul timed in the same run;
+* peak memory (CUDA: ``max_memory_allocated``; CPU: growth of the process's peak RSS while
+  the case runs, each case in a fresh subprocess so the peaks do not mask each other);
+
+at the configured (default) sizes and at MOSEI's full lengths with the paper-size model.
+Results go to ``results/bench.json`` and ``results/bench.md``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mmdistill.data.dataset import SplitData
+from mmdistill.distill.base import DistillContext, build_loss
+from mmdistill.modalities import FEATURE_DIM, MODALITIES
+from mmdistill.models import build_student, build_teacher
+from mmdistill.models.config import PAPER_PRESET, ModelConfig
+from mmdistill.models.configurations import CONFIGURATIONS
+from mmdistill.train.latency import count_parameters, measure_latency, random_inputs
+from mmdistill.train.loop import Distillation, Objective
+
+FULL_LENGTHS = {"V": 500, "A": 500, "L": 50}
+CASES = ("teacher", "student_nokd", "student_output_kd", "student_attention_kd")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    model: dict[str, Any]
+    lengths: dict[str, int]
+    batch_size: int
+    steps: int
+
+
+def random_split(lengths: dict[str, int], n: int, seed: int = 0) -> SplitData:
+    g = torch.Generator().manual_seed(seed)
+    inputs = {m: torch.randn(n, lengths[m], FEATURE_DIM[m], generator=g) for m in MODALITIES}
+    label = torch.randint(0, 7, (n,), generator=g)
+    length = torch.tensor([[lengths[m] for m in MODALITIES]] * n, dtype=torch.int32)
+    return SplitData("bench", inputs, length, label, label.float() - 3, [str(i) for i in range(n)])
+
+
+def build_case(case: str, s: Setting, split: SplitData, device: torch.device):
+    """The model and the objective of one benchmark case."""
+    cfg = ModelConfig.from_dict(s.model)
+    torch.manual_seed(0)
+    if case == "teacher":
+        model = build_teacher(cfg, ("V", "A", "L")).to(device)
+        return model, Objective(model, None, split, s.batch_size, device)
+    student = build_student(cfg, "language_audio", "V", s.lengths, "down").to(device)
+    if case == "student_nokd":
+        return student, Objective(student, None, split, s.batch_size, device)
+    teacher = build_teacher(cfg, ("V", "A", "L")).to(device).eval()
+    method, level = ("hinton", "final") if case == "student_output_kd" else ("edam", "attention")
+    example = next(split.batches(s.batch_size))
+    example = example.to(device)
+
+    def probe(s_req, t_req):
+        with torch.no_grad():
+            return student(example.inputs, s_req), teacher(example.inputs, t_req)
+
+    ctx = DistillContext(level=level, pairs=CONFIGURATIONS["language_audio"].distilled_pairs,
+                         n_data=len(split), probe=probe)
+    loss = build_loss(method, ctx, {}).to(device)
+    kd = Distillation(teacher=teacher, loss=loss, alpha=1.0, beta=1.0)
+    return student, Objective(student, kd, split, s.batch_size, device)
+
+
+def step_flops(objective: Objective, model, batch) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss, _ = objective(batch)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def run_case(case: str, s: Setting, device_name: str, threads: int) -> dict[str, Any]:
+    """Time ``s.steps`` training steps of one case (after one warm-up step)."""
+    torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    split = random_split(s.lengths, s.batch_size * (s.steps + 1))
+    model, objective = build_case(case, s, split, device)
+    model.train()
+    params = [p for p in model.parameters()]
+    if objective.kd is not None:
+        params += list(objective.kd.loss.parameters())
+    opt = torch.optim.Adam(params, lr=1e-4)
+    batches = [b.to(device) for b in split.batches(s.batch_size)]
+    flops = step_flops(objective, model, batches[0])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i, batch in enumerate(batches):
+        sync()
+        t0 = time.perf_counter()
+        loss, _ = objective(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync()
+        if i > 0:  # the first step is a warm-up
+            times.append(time.perf_counter() - t0)
+    step = statistics.median(times)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
+    return {"step_s": step, "steps_timed": len(times), "flops_per_step": flops,
+            "gflops_per_s": flops / step / 1e9, "peak_mem_mb": peak, "parameters": count_parameters(model)}
+
+
+def _child(conn, *args):
+    try:
+        conn.send(run_case(*args))
+    except BaseException as exc:  # report the failure to the parent, which raises it
+        conn.send(exc)
+    finally:
+        conn.close()
+
+
+def run_isolated(*args) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, *args))
+    proc.start()
+    result = parent.recv()
+    proc.join()
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def matmul_gflops(n: int, device: torch.device, repeats: int = 10) -> float:
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def latency(s: Setting, device: torch.device, repeats: int) -> dict[str, Any]:
+    cfg = ModelConfig.from_dict(s.model)
+    out = {}
+    for name, model in (("teacher", build_teacher(cfg, ("V", "A", "L"))),
+                        ("student", build_student(cfg, "language_audio", "V", s.lengths, "down"))):
+        model = model.to(device)
+        out[name] = {"parameters": count_parameters(model)}
+        for bs in (1, 32):
+            out[name][f"b{bs}_ms"] = measure_latency(model, random_inputs(s.lengths, FEATURE_DIM, bs), 3, repeats)["median_ms"]
+    out["student_over_teacher_b1"] = out["student"]["b1_ms"] / out["teacher"]["b1_ms"]
+    out["student_over_teacher_b32"] = out["student"]["b32_ms"] / out["teacher"]["b32_ms"]
+    return out
+
+
+def bench(default_model: dict[str, Any], default_lengths: dict[str, int], batch_size: int, *,
+          device_name: str = "auto", threads: int | None = None, full: bool = True,
+          full_steps: int = 2, steps: int = 10, log=print) -> dict[str, Any]:
+    device = torch.device(device_name if device_name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    settings = [Setting("default", default_model, default_lengths, batch_size, steps)]
+    if full:
+        settings.append(Setting("full", {**default_model, **PAPER_PRESET}, FULL_LENGTHS, 16, full_steps))
+    result: dict[str, Any] = {
+        "device": str(device), "threads": threads, "torch": torch.__version__,
+        "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+        "matmul_gflops": matmul_gflops(2048, device), "settings": {},
+    }
+    log(f"matmul 2048x2048 fp32: {result['matmul_gflops']:.1f} GFLOP/s on {device} ({threads} threads)")
+    for s in settings:
+        entry: dict[str, Any] = {"model": s.model, "lengths": s.lengths, "batch_size": s.batch_size, "train_step": {}}
+        for case in CASES:
+            r = run_isolated(case, s, str(device), threads)
+            r["fraction_of_matmul"] = r["gflops_per_s"] / result["matmul_gflops"]
+            entry["train_step"][case] = r
+            log(f"[{s.name}] {case}: {1000 * r['step_s']:.1f} ms/step, {r['gflops_per_s']:.1f} GFLOP/s "
+                f"({100 * r['fraction_of_matmul']:.0f}% of matmul), peak +{r['peak_mem_mb']:.0f} MB")
+        ts = entry["train_step"]
+        entry["ratios"] = {
+            "attention_kd_over_nokd_step": ts["student_attention_kd"]["step_s"] / ts["student_nokd"]["step_s"],
+            "output_kd_over_nokd_step": ts["student_output_kd"]["step_s"] / ts["student_nokd"]["step_s"],
+        }
+        entry["inference"] = latency(s, device, repeats=20 if s.name == "default" else 5)
+        log(f"[{s.name}] inference b1: teacher {entry['inference']['teacher']['b1_ms']:.2f} ms, "
+            f"student {entry['inference']['student']['b1_ms']:.2f} ms")
+        result["settings"][s.name] = entry
+    return result
+
+
+def to_markdown(r: dict[str, Any]) -> str:
+    lines = [
+        f"Measured on {r['device']} ({r['processor']}, {r['threads']} threads, torch {r['torch']}); "
+        f"float32 matmul 2048^3: **{r['matmul_gflops']:.1f} GFLOP/s**.",
+        "",
+        "| Setting | Case | Step (ms) | GFLOP/s | % of matmul | Peak mem. (MB) | Parameters |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, e in r["settings"].items():
+        for case, c in e["train_step"].items():
+            lines.append(f"| {name} | {case} | {1000 * c['step_s']:.1f} | {c['gflops_per_s']:.1f} | "
+                         f"{100 * c['fraction_of_matmul']:.1f} | {c['peak_mem_mb']:.0f} | {c['parameters']:,} |")
+    lines += ["", "| Setting | Lengths V/A/L | Batch | Teacher b1 (ms) | Student b1 (ms) | Student/teacher b1 | "
+              "Teacher b32 (ms) | Student b32 (ms) | Attn-KD step / no-KD step |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, e in r["settings"].items():
+        inf, L = e["inference"], e["lengths"]
+        lines.append(f"| {name} | {L['V']}/{L['A']}/{L['L']} | {e['batch_size']} | {inf['teacher']['b1_ms']:.2f} | "
+                     f"{inf['student']['b1_ms']:.2f} | {inf['student_over_teacher_b1']:.2f} | {inf['teacher']['b32_ms']:.2f} | "
+                     f"{inf['student']['b32_ms']:.2f} | {e['ratios']['attention_kd_over_nokd_step']:.2f} |")
+    return "\n".join(lines) + "\n"
