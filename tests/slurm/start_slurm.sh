@@ -71,8 +71,7 @@ gres=""
 install -d -m 0755 "$CONF_DIR" "$RUN_DIR" "$LOG_DIR" "$STATE_DIR/slurmctld" "$STATE_DIR/slurmd"
 render() {  # template -> stdout
     sed -e "s|@HOST@|$HOST|g" -e "s|@NODE@|$node_line|g" -e "s|@GRES@|$gres|g" \
-        -e "s|@STATE@|$STATE_DIR|g" -e "s|@LOG@|$LOG_DIR|g" -e "s|@RUN@|$RUN_DIR|g" \
-        -e "s|@GPU_FILE@|/dev/null|g" "$1"
+        -e "s|@STATE@|$STATE_DIR|g" -e "s|@LOG@|$LOG_DIR|g" -e "s|@RUN@|$RUN_DIR|g" "$1"
 }
 changed=0
 put() {  # rendered template -> destination, changed=1 if it differs
