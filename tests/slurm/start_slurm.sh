@@ -126,10 +126,13 @@ case "$state" in
     idle|mixed|allocated|completing) ;;
     *) die "node $HOST is '${state:-unknown}', not idle: $(scontrol show node "$HOST" 2>&1 | grep -i reason || true)" ;;
 esac
-out="$(timeout 60 srun --partition=cpu -N 1 -n 1 -t 1 hostname 2>&1)" || die "srun hostname failed: $out"
+# (a freshly restarted slurmctld may still wait for slurmd to register: srun then queues)
+err="$(mktemp)"
+out="$(timeout 60 srun --partition=cpu -N 1 -n 1 -t 1 hostname 2>"$err")" || die "srun hostname failed: $(cat "$err")"
 [ "$out" = "$(hostname)" ] || [ "$out" = "$HOST" ] || die "srun hostname printed '$out', expected '$HOST'"
 if [ "$FAKE_GPU" = 1 ]; then
-    out="$(timeout 60 srun --partition=gpu --gpus=1 -N 1 -n 1 -t 1 printenv CUDA_VISIBLE_DEVICES 2>&1)" \
-        || die "a one-GPU job did not run: $out"
+    out="$(timeout 60 srun --partition=gpu --gpus=1 -N 1 -n 1 -t 1 printenv CUDA_VISIBLE_DEVICES 2>"$err")" \
+        || die "a one-GPU job did not run: $(cat "$err")"
 fi
+rm -f "$err"
 log "Slurm is up: node $HOST $state, partitions $(sinfo -h -o %P | tr '\n' ' ')"
