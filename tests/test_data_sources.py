@@ -235,7 +235,9 @@ def test_acquire_mult_pkl_download_and_prepare(file_server, tmp_path):
 
 def test_acquire_mult_pkl_local_path(tmp_path):
     path = dump(mult_raw(), tmp_path / "local.pkl")
-    assert acquire(cfg_for("mult_pkl", path=str(path)), tmp_path / "raw") == path
+    got = acquire(cfg_for("mult_pkl", path=str(path)), tmp_path / "raw")
+    assert got == tmp_path / "raw" / "mosei_senti_data_noalign.pkl"  # linked into the raw folder
+    assert got.read_bytes() == path.read_bytes()
     with pytest.raises(DataError, match="does not exist"):
         acquire(cfg_for("mult_pkl", path=str(tmp_path / "nope.pkl")), tmp_path / "raw")
     with pytest.raises(DataError, match="sha256 mismatch"):
@@ -262,7 +264,8 @@ def test_acquire_sdk_csd_download_and_prepare_with_folds(file_server, tmp_path):
 def test_acquire_sdk_csd_local_path_without_folds(tmp_path):
     make_csd_dir(tmp_path / "csd", n_videos=30)
     cfg = cfg_for("sdk_csd", path=str(tmp_path / "csd"))
-    assert acquire(cfg, tmp_path / "raw") == tmp_path / "csd"
-    summary = prepare_dataset(cfg, tmp_path / "csd", tmp_path / "d.h5", tmp_path / "d.json")
+    assert acquire(cfg, tmp_path / "raw") == tmp_path / "raw"
+    assert sorted(p.name for p in (tmp_path / "raw").glob("*.csd")) == sorted(p.name for p in (tmp_path / "csd").rglob("*.csd"))
+    summary = prepare_dataset(cfg, tmp_path / "raw", tmp_path / "d.h5", tmp_path / "d.json")
     assert "not the standard folds" in summary["raw"]["folds"]
     assert sum(summary["n"].values()) == 60

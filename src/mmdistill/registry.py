@@ -234,12 +234,10 @@ class Registry:
         return self.root / "data" / "raw" / self.source
 
     def raw_input(self) -> Path:
-        """What `prepare` reads: the file or directory `download` produces, or the user's local copy."""
-        d = self.params["data"]
+        """What `prepare` reads: the file or directory `download` leaves in ``raw_dir()``
+        (a local copy named by ``path`` is linked there)."""
         if self.source == "synthetic":
             return self.raw_dir() / "mosei_synthetic.pkl"
-        if d[self.source]["path"]:
-            return Path(d[self.source]["path"])
         if self.source == "mult_pkl":
             return self.raw_dir() / "mosei_senti_data_noalign.pkl"
         return self.raw_dir()

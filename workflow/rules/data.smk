@@ -1,17 +1,15 @@
 # Data stage: download (or generate) -> prepare.
 
 
-if not (REG.source != "synthetic" and config["data"][REG.source]["path"]):
-
-    rule download:
-        output:
-            directory(str(REG.raw_input())) if REG.source == "sdk_csd" else str(REG.raw_input()),
-        params:
-            data=REG.data_identity(),
-        log:
-            "logs/data/download.log",
-        shell:
-            cli("download") + " > {log} 2>&1"
+rule download:
+    output:
+        directory(str(REG.raw_input())) if REG.source == "sdk_csd" else str(REG.raw_input()),
+    params:
+        data=REG.data_identity(),
+    log:
+        "logs/data/download.log",
+    shell:
+        cli("download") + " > {log} 2>&1"
 
 
 rule prepare:

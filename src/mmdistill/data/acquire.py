@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import pickle
 from pathlib import Path
 
@@ -30,9 +32,13 @@ def acquire(data_cfg: dict, raw_dir: str | Path, progress: bool = True) -> Path:
     """Produce the raw input of the configured source under ``raw_dir``; return its path.
 
     synthetic: generate and write ``raw_dir/mosei_synthetic.pkl`` (MulT pickle layout).
-    mult_pkl: the local ``path`` if given, else download ``raw_dir/mosei_senti_data_noalign.pkl``.
-    sdk_csd: the local ``path`` directory if given, else download the four ``.csd`` files
-    into ``raw_dir`` and return ``raw_dir``.
+    mult_pkl: download ``raw_dir/mosei_senti_data_noalign.pkl``, or take the local ``path``.
+    sdk_csd: download the four ``.csd`` files into ``raw_dir`` and return ``raw_dir``, or take
+    them from the local ``path`` directory.
+
+    A local copy is checked (existence, optional sha256) and hard-linked into ``raw_dir`` (copied
+    where a link is impossible, which is logged), so the raw input always lies in ``raw_dir``,
+    where the pipelines (and DVC) expect it.
     """
     raw_dir = Path(raw_dir)
     source = _source(data_cfg)
@@ -49,19 +55,37 @@ def acquire(data_cfg: dict, raw_dir: str | Path, progress: bool = True) -> Path:
     if source == "mult_pkl":
         cfg = data_cfg["mult_pkl"]
         if cfg.get("path"):
-            return _local_file(Path(cfg["path"]).expanduser(), cfg.get("sha256"))
+            src = _local_file(Path(cfg["path"]).expanduser(), cfg.get("sha256"))
+            return _link_into(src, raw_dir / MULT_PKL_NAME)
         return fetch(cfg["urls"], raw_dir / MULT_PKL_NAME, cfg.get("sha256"), progress)
     cfg = data_cfg["sdk_csd"]
     checksums = cfg.get("sha256") or {}
     if cfg.get("path"):
         directory = Path(cfg["path"]).expanduser()
         for key, path in sdk_csd.locate(directory).items():
-            _local_file(path, _csd_checksum(checksums, key))
-        return directory
+            _link_into(_local_file(path, _csd_checksum(checksums, key)), raw_dir / path.name)
+        if (directory / FOLDS_NAME).is_file():
+            _link_into(directory / FOLDS_NAME, raw_dir / FOLDS_NAME)
+        return raw_dir
     for key, rel in sdk_csd.CSD_FILES.items():
         urls = [base.rstrip("/") + "/" + rel for base in cfg["base_urls"]]
         fetch(urls, raw_dir / Path(rel).name, _csd_checksum(checksums, key), progress)
     return raw_dir
+
+
+def _link_into(src: Path, dst: Path) -> Path:
+    """Hard-link ``src`` to ``dst`` (atomically replacing it); copy where linking is impossible."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() and os.path.samefile(src, dst):
+        return dst
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError as exc:
+            log.info("copying %s to %s (a hard link is impossible: %s)", src, dst, exc)
+            shutil.copyfile(src, tmp)
+    return dst
 
 
 def prepare_dataset(data_cfg: dict, raw_path: str | Path, out_h5: str | Path, summary_json: str | Path) -> dict:
