@@ -107,6 +107,8 @@ def make_distillation(reg: Registry, run: Run, student: nn.Module, train_split: 
 def train_run(reg: Registry, run: Run, progress: bool = True) -> dict[str, Any]:
     """Train one run and write its checkpoint, metrics and curves; return the metrics."""
     cfg = TrainConfig.from_dict(reg.params["train"])
+    # the job's thread budget from the start: losses may run the teacher when they are built
+    torch.set_num_threads(cfg.threads)
     run_params = reg.run_params(run)
     chash = params_hash(run_params)
     splits = load_data(reg)
