@@ -19,6 +19,7 @@ from mmdistill.io import read_json
 from mmdistill.registry import Registry, Run
 from mmdistill.report.paper import (GROUP_TITLES, LEVEL_TEXT, PAPER_TEACHERS, method_text,
                                     paper_student)
+from mmdistill.report.stats import PAIRED_NOTE, format_difference
 
 CONFIG_ORDER = ("complete", "video", "language", "audio", "language_audio")
 
@@ -130,6 +131,7 @@ def _num(x: float, fmt: str = "{:.3f}") -> str:
 
 
 def to_markdown(table: pd.DataFrame, ratios: dict[str, Any] | None, profile: dict[str, Any], source: str) -> str:
+    paired = "d_acc" in table  # columns of mmdistill.report.stats.add_paired_stats
     lines = [
         f"# Table 1 — data: `{source}`",
         "",
@@ -137,18 +139,22 @@ def to_markdown(table: pd.DataFrame, ratios: dict[str, Any] | None, profile: dic
         "the paper's values (CMU-MOSEI unaligned) beside ours. Latency: median inference time per "
         f"forward pass on {profile['device']} with {profile['threads']} thread(s).",
         "",
-        "| Network | Description | Seeds | Accuracy (%) | Paper acc. | F1 (%) | Paper F1 | Parameters | Latency b1 (ms) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| Network | Description | Seeds | Accuracy (%) | Paper acc. | F1 (%) | Paper F1 | Parameters | Latency b1 (ms) |"
+        + (" Δ acc. vs no KD | Δ F1 vs no KD |" if paired else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if paired else ""),
     ]
     group = None
     for r in table.itertuples():
         if r.group != group and r.group:
-            lines.append(f"| **{r.group}** | | | | | | | | |")
+            lines.append(f"| **{r.group}** | | | | | | | | |" + (" | |" if paired else ""))
         group = r.group
         lines.append(
             f"| {r.network} | {r.description} | {r.n_seeds} | {_pm(r.acc_mean, r.acc_std)} | {_num(r.paper_acc)} "
             f"| {_pm(r.f1_mean, r.f1_std)} | {_num(r.paper_f1)} | {r.parameters:,} | {_num(getattr(r, 'latency_b1_ms', math.nan), '{:.2f}')} |"
+            + (f" {format_difference(r, 'acc')} | {format_difference(r, 'f1')} |" if paired else "")
         )
+    if paired:
+        lines += ["", PAIRED_NOTE]
     if ratios:
         lines += [
             "",
