@@ -190,3 +190,19 @@ def test_real_student_and_teacher_configuration_5():
     with pytest.raises(ValueError, match="proxy 'down'"):
         build_loss("distillvlm", DistillContext(level="attention", pairs=PAIRS, n_data=4,
                                                 probe=lambda sr, tr: (full(inputs, sr), teacher(inputs, tr))), {})
+
+
+def test_training_samples_tokens_and_enqueues_their_teacher_states():
+    s, t = _out(seed=1, B=3, Tq=5), _out(seed=2, B=3, Tq=5)
+    loss = build_loss("distillvlm", _ctx(s, t), {"queue_size": 32, "tokens": 4})
+    torch.manual_seed(3)
+    loss(s, t, _batch())
+    assert loss.queues[0].ptr.item() == 4 and loss.queues[1].ptr.item() == 4
+    teacher_tokens = F.normalize(torch.stack(t.post_attention["V<-A"]), dim=-1).flatten(1, 2)  # (L, 15, d)
+    torch.manual_seed(3)
+    pos = torch.randperm(15)[:4]
+    assert torch.allclose(loss.queues[0].queue[:, :4], teacher_tokens[:, pos])  # same positions in each layer
+    # eval mode: all 15 tokens are anchors, deterministic, nothing enqueued
+    loss.eval()
+    a, b = loss(s, t, _batch()), loss(s, t, _batch())
+    assert torch.equal(a, b) and loss.queues[0].ptr.item() == 4

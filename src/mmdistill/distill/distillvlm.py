@@ -26,12 +26,20 @@ This project's reconstruction (the details are ours):
   detached, L2-normalized teacher token at the same position (same sample, layer and time
   step), its negatives are the ``queue_size`` teacher tokens of a FIFO queue (one per pair and
   mapped layer). ``L = -log(exp(q.k+/t) / (exp(q.k+/t) + sum_j exp(q.n_j/t)))`` averaged over
-  tokens, layers, then pairs (MoCo, He et al. CVPR 2020; temperature 0.07). After each
-  training step every teacher token of the batch is enqueued (the oldest entries are
-  overwritten first; when a batch holds more tokens than the queue, its last ``queue_size``
-  tokens are kept). Queues start as random unit vectors, as MoCo's, and are buffers
-  (checkpointed); they change only in training mode. Padded time steps count as tokens like
-  any other (the models attend to them too).
+  tokens, layers, then pairs (MoCo, He et al. CVPR 2020; temperature 0.07).
+  Token sample (option ``tokens``): in training mode each step uses ``tokens`` token
+  positions per pair, drawn at random without replacement from the batch's B x Tq
+  (global torch RNG; the same positions in every layer of the pair) as anchors; their
+  teacher tokens are the positives and, after the step, are enqueued, the oldest entries
+  being overwritten first (MoCo enqueues the current keys the same way; when more arrive
+  than the queue holds, the last ``queue_size`` are kept). In eval mode every token is an
+  anchor and nothing is enqueued. Why a sample: a batch holds B x Tq tokens per layer (1600
+  at B = 32, Tq = 50; 12000 at MOSEI's B = 24, Tq = 500), so all anchors against all
+  negatives is B x Tq x queue_size scores per layer, and enqueuing all tokens would replace
+  the whole queue every step, leaving it only the previous batch; with a sample the queue
+  spans ``queue_size / tokens`` steps. Queues start as random unit vectors, as MoCo's, and
+  are buffers (checkpointed). Padded time steps count as tokens like any other (the models
+  attend to them too).
 * ``L_logit``: Hinton KD, ``T^2 KL(softmax(z_t/T) || softmax(z_s/T))``, ``T = kd_temperature``.
 
 Token counts: student and teacher must hold the same tokens (DistillVLM aligns the two
@@ -116,6 +124,8 @@ class DistillVLM(DistillLoss):
     Options:
         queue_size:     negatives per token queue (default 4096); memory is
                         pairs x layers x queue_size x d floats; per-step cost grows linearly.
+        tokens:         token positions per pair sampled as anchors (and then enqueued) per
+                        training step (default 256); None uses (and enqueues) every token.
         temperature:    InfoNCE temperature (> 0; default 0.07, MoCo's).
         kd_temperature: Hinton KD temperature of the logit term (> 0; default 4.0).
         attn_weight, hidden_weight, logit_weight: weights of the three terms (>= 0; default 1).
@@ -124,12 +134,15 @@ class DistillVLM(DistillLoss):
     name = "distillvlm"
     levels = ("attention",)
 
-    def __init__(self, ctx: DistillContext, *, queue_size: int = 4096, temperature: float = 0.07,
+    def __init__(self, ctx: DistillContext, *, queue_size: int = 4096, tokens: int | None = 256,
+                 temperature: float = 0.07,
                  kd_temperature: float = 4.0, attn_weight: float = 1.0, hidden_weight: float = 1.0,
                  logit_weight: float = 1.0):
         super().__init__(ctx)
         if not (isinstance(queue_size, int) and queue_size > 0):
             raise ValueError(f"distillvlm: queue_size must be a positive integer, got {queue_size!r}")
+        if tokens is not None and not (isinstance(tokens, int) and tokens > 0):
+            raise ValueError(f"distillvlm: tokens must be a positive integer or None, got {tokens!r}")
         for key, value in (("temperature", temperature), ("kd_temperature", kd_temperature)):
             if not value > 0:
                 raise ValueError(f"distillvlm: {key} must be > 0, got {value}")
@@ -140,6 +153,7 @@ class DistillVLM(DistillLoss):
         if not self.pairs:
             raise ValueError("distillvlm needs at least one distilled pair")
         self.temperature, self.kd_temperature = float(temperature), float(kd_temperature)
+        self.tokens = tokens
         self.term_weights = {"attn": float(attn_weight), "hidden": float(hidden_weight), "logit": float(logit_weight)}
         s_out, t_out = ctx.probe(self.student_request(), self.teacher_request())
         self.layer_maps: dict[str, list[tuple[int, int]]] = {}
@@ -186,16 +200,19 @@ class DistillVLM(DistillLoss):
                 raise ValueError(f"distillvlm: pair '{key}' got {len(s_att)} student and {len(t_att)} teacher "
                                  f"layers, the layer map {lmap} needs {need_s} and {need_t}")
             attn.append(torch.stack([attention_distance(s_att[i], t_att[j]) for i, j in lmap]).mean())
-            q = torch.stack([s_post[i] for i, _ in lmap])  # (G, B, Tq, d_s)
+            s_tok = torch.stack([s_post[i] for i, _ in lmap]).flatten(1, 2)  # (G, N, d_s), N = B * Tq
             with torch.no_grad():
-                k = F.normalize(torch.stack([t_post[j] for _, j in lmap]).detach(), dim=-1).flatten(1, 2)  # (G, N, d_t)
-            q = F.normalize(self.proj[key](q), dim=-1).flatten(1, 2)  # (G, N, d_t)
-            if q.shape != k.shape:
-                raise ValueError(f"distillvlm: pair '{key}': student tokens {tuple(q.shape)} and teacher tokens "
-                                 f"{tuple(k.shape)} differ")
-            nce.append(info_nce(q, k, queue.queue, self.temperature))
+                t_tok = F.normalize(torch.stack([t_post[j] for _, j in lmap]).detach(), dim=-1).flatten(1, 2)  # (G, N, d_t)
+            if s_tok.shape[:2] != t_tok.shape[:2]:
+                raise ValueError(f"distillvlm: pair '{key}': student tokens {tuple(s_tok.shape)} and teacher tokens "
+                                 f"{tuple(t_tok.shape)} differ in number")
+            if self.training and self.tokens is not None and self.tokens < s_tok.shape[1]:
+                pos = torch.randperm(s_tok.shape[1], device=s_tok.device)[: self.tokens]
+                s_tok, t_tok = s_tok[:, pos], t_tok[:, pos]  # (G, tokens, d)
+            q = F.normalize(self.proj[key](s_tok), dim=-1)  # (G, n, d_t)
+            nce.append(info_nce(q, t_tok, queue.queue, self.temperature))
             if self.training:
-                queue.push(k)
+                queue.push(t_tok)
         terms = {"attn": torch.stack(attn).mean(), "hidden": torch.stack(nce).mean(),
                  "logit": logit_kd(student.logits, teacher.logits, self.kd_temperature)}
         self._accumulate(terms, len(batch))
