@@ -50,9 +50,14 @@ def test_teacher_lacking_distilled_transformers(params):
         Registry(params)
 
 
-def test_lengths_that_do_not_fit(params):
+def test_any_student_modality_with_any_lengths(params):
+    # a proxy longer than the student's input is up-sampled (transposed convolution)
     params["data"]["lengths"]["L"] = params["data"]["lengths"]["V"] + 1
-    with pytest.raises(ParamsError, match=r"data\.lengths\.L"):
+    for x in ("V", "A", "L"):
+        params["student_modality"] = x
+        assert Registry(params).params["student_modality"] == x
+    params["student_modality"] = "X"
+    with pytest.raises(ParamsError, match=r"student_modality"):
         Registry(params)
 
 

@@ -11,6 +11,7 @@ Steps:
     train      train one teacher or student run (--role, --name, --seed)
     profile    parameters and inference latency of every architecture
     report     Table 1 (CSV + Markdown, paired tests against the no-KD student) and figures
+    robustness teachers with modalities missing (zeroed or mean-filled) beside the students
     bench      training-step and inference cost, side by side (results/bench.json, .md)
 """
 
@@ -105,6 +106,21 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_robustness(args) -> int:
+    import torch
+
+    from mmdistill.io import write_text
+    from mmdistill.report.robustness import robustness_runs, summarize, to_markdown
+
+    reg = _registry(args)
+    torch.set_num_threads(reg.params["train"]["threads"])
+    summary = summarize(robustness_runs(reg, progress=not args.quiet), reg)
+    write_text(reg.robustness("csv"), summary.to_csv(index=False, float_format="%.4f"))
+    write_text(reg.robustness("md"), to_markdown(summary, reg.params["student_modality"], reg.source))
+    log.info("wrote %s and %s", reg.robustness("csv"), reg.robustness("md"))
+    return 0
+
+
 def cmd_bench(args) -> int:
     from mmdistill.bench import bench, to_markdown
     from mmdistill.io import write_json, write_text
@@ -139,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
     sub.add_parser("profile", parents=[common], help="parameters and latency").set_defaults(func=cmd_profile)
     sub.add_parser("report", parents=[common], help="Table 1 and figures").set_defaults(func=cmd_report)
+    sub.add_parser("robustness", parents=[common],
+                   help="teachers with missing modalities beside the students").set_defaults(func=cmd_robustness)
     b = sub.add_parser("bench", parents=[common], help="where the time goes (not part of the pipelines)")
     b.add_argument("--out", default="results/bench", help="output path without suffix (.json and .md are written)")
     b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")

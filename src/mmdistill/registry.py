@@ -130,14 +130,8 @@ class Registry:
         model = self.params["model"]
         if model["d_model"] % model["n_heads"]:
             raise ParamsError(f"model.n_heads: {model['n_heads']} does not divide model.d_model {model['d_model']}")
-        lengths = self.params["data"]["lengths"]
-        x = self.params["student_modality"]
-        for m in MODALITIES:
-            if m != x and lengths[m] > lengths[x]:
-                raise ParamsError(
-                    f"data.lengths.{m}: {lengths[m]} is longer than the student's input modality "
-                    f"{x} ({lengths[x]}); the student's proxies down-sample, they cannot up-sample"
-                )
+        # Any student_modality works with any lengths: a proxy longer than the student's input
+        # is up-sampled by a transposed convolution (mmdistill.models.student.ResampleConv).
         for name, s in self.students.items():
             key = f"students.{name}"
             conf = CONFIGURATIONS[s.configuration]
@@ -278,9 +272,14 @@ class Registry:
     def figures_dir(self) -> Path:
         return self.root / "results" / "figures"
 
+    def robustness(self, ext: str = "csv") -> Path:
+        """The missing-modality robustness table (teachers with inputs missing, beside the students)."""
+        return self.root / "results" / f"robustness.{ext}"
+
     def targets(self) -> list[Path]:
-        """Every final output of the study (what `snakemake results/table1.csv` builds)."""
-        out = [self.prepared(), self.data_summary(), self.profile(), self.table("csv"), self.table("md")]
+        """Every final output of the study (what a plain `snakemake` builds)."""
+        out = [self.prepared(), self.data_summary(), self.profile(), self.table("csv"), self.table("md"),
+               self.robustness("csv"), self.robustness("md")]
         for run in self.runs():
             out += list(self.run_outputs(run).values())
         return out

@@ -83,7 +83,7 @@ def table1(reg: Registry, runs: pd.DataFrame, profile: dict[str, Any]) -> pd.Dat
                            PAPER_TEACHERS.get(tuple(t.branches)),
                            {"configuration": "", "teacher": "", "method": "", "level": ""}))
             for s in (m for m in members if m.teacher == tname):
-                desc = f"{method_text(s.method, dict(s.options))} on {LEVEL_TEXT[s.level]}"
+                desc = student_description(s)
                 out.append(row("student", s.name, group, desc,
                                paper_student(s.configuration, s.method, dict(s.options), s.level),
                                _student_extra(s)))
@@ -94,6 +94,22 @@ def table1(reg: Registry, runs: pd.DataFrame, profile: dict[str, Any]) -> pd.Dat
                            PAPER_TEACHERS.get(tuple(t.branches)),
                            {"configuration": "", "teacher": "", "method": "", "level": ""}))
     return pd.DataFrame(out)
+
+
+# Methods beyond paper 002's Table 1 (no paper value): how their rows are described.
+MSD_WEIGHTS = {"population": "population", "instance": "instance-wise", "meta": "meta-learned", "uniform": "uniform"}
+EXTENSIONS = {
+    "msd": lambda o: f"MSD ({MSD_WEIGHTS.get(o.get('weighting', 'population'), o.get('weighting'))} "
+                     f"modality weights; beyond the paper)",
+    "distillvlm": lambda o: "DistillVLM (attention MSE, token InfoNCE, logit KD; beyond the paper)",
+}
+
+
+def student_description(s) -> str:
+    """'<method> on <level>', e.g. 'CRD on attention maps'."""
+    options = dict(s.options)
+    method = EXTENSIONS[s.method](options) if s.method in EXTENSIONS else method_text(s.method, options)
+    return f"{method} on {LEVEL_TEXT[s.level]}"
 
 
 def _student_extra(s) -> dict[str, Any]:
