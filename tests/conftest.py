@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,3 +33,39 @@ def subprocess_env() -> dict:
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+PROJECT_FILES = ["Snakefile", "dvc.yaml", "workflow", "src", ".dvcignore", ".gitignore", "pyproject.toml"]
+
+
+def make_project(dest: Path, params: dict) -> Path:
+    """A copy of the project (pipelines, package source) with ``params`` as its params.yaml."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"), symlinks=True)
+        else:
+            shutil.copy2(src, dest / name)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return dest
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 900) -> str:
+    """Run a pipeline command; on failure the error carries its output and every job log."""
+    proc = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((cwd / "logs").rglob("*.log"))) if (cwd / "logs").exists() else ""
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}\n{logs}")
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The tiny study run once per test session with Snakemake (`results/table1.csv`: every
+    run, Table 1, the figures); returns the project directory. Treat it as read-only: a test
+    that changes params or outputs works on a copy (``shutil.copytree(tiny_run, dest,
+    symlinks=True)`` keeps the modification times, so the copy is up to date too)."""
+    project = make_project(tmp_path_factory.mktemp("tiny_run") / "proj", tiny_params())
+    run(["snakemake", "--cores", "2", "results/table1.csv"], project)
+    return project

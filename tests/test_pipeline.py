@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -18,29 +17,7 @@ import pytest
 import yaml
 
 from mmdistill.registry import Registry
-from tests.conftest import ROOT, subprocess_env, tiny_params
-
-PROJECT_FILES = ["Snakefile", "dvc.yaml", "workflow", "src", ".dvcignore", ".gitignore", "pyproject.toml"]
-
-
-def make_project(dest: Path, params: dict) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"), symlinks=True)
-        else:
-            shutil.copy2(src, dest / name)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return dest
-
-
-def run(cmd: list[str], cwd: Path, timeout: float = 900) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((cwd / "logs").rglob("*.log"))) if (cwd / "logs").exists() else ""
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}\n{logs}")
-    return proc.stdout + proc.stderr
+from tests.conftest import make_project, run, tiny_params
 
 
 def check_table(project: Path, params: dict) -> pd.DataFrame:
@@ -65,11 +42,33 @@ def jobs_in_dry_run(out: str) -> list[str]:
 
 
 @pytest.mark.e2e
-def test_snakemake_pipeline(tmp_path):
-    params = tiny_params()
-    project = make_project(tmp_path / "proj", params)
-    run(["snakemake", "--cores", "2", "results/table1.csv"], project)
-    check_table(project, params)
+def test_snakemake_pipeline(tiny_run, tmp_path):
+    params = yaml.safe_load((tiny_run / "params.yaml").read_text())  # what the session's run used
+    # the session's tiny run (tests/conftest.py), copied with its mtimes: this test changes params
+    project = tmp_path / "proj"
+    shutil.copytree(tiny_run, project, symlinks=True)
+    table = check_table(project, params)
+
+    # beyond Table 1: the MSD and DistillVLM rows follow Hinton KD in configuration 5's group,
+    # without a paper value; MSD logs its modality weights per epoch
+    extra = ["c5_msd_population", "c5_msd_instance", "c5_msd_meta", "c5_distillvlm"]
+    group = table[table.group == table.loc[table.name == "c5_hinton", "group"].iloc[0]]
+    names = list(group.name)
+    assert names[names.index("c5_hinton") + 1:names.index("c5_hinton") + 5] == extra
+    assert table[table.name.isin(extra)].paper_acc.isna().all()
+    assert group.loc[group.name == "c5_msd_meta", "description"].str.contains("MSD").all()
+    curves = pd.read_csv(project / "results" / "students" / "c5_msd_meta" / "seed0" / "curves.csv")
+    assert {"kd_w_V", "kd_w_A", "kd_w_L"} <= set(curves.columns)
+    assert curves[["kd_w_V", "kd_w_A", "kd_w_L"]].sum(axis=1).sub(1).abs().max() < 1e-4
+
+    # the robustness table: every teacher under every condition, beside the students
+    run(["snakemake", "--cores", "2", "results/robustness.csv"], project)
+    rob = pd.read_csv(project / "results" / "robustness.csv")
+    assert set(rob[rob.network == "Teacher"].name) == set(params["teachers"])
+    assert set(rob.missing) == {"none", "A", "L", "A+L"} and set(rob.fill) == {"zero", "mean"}
+    assert len(rob[rob.network == "Teacher"]) == 7 * len(params["teachers"])
+    assert "nokd" in set(rob[rob.network == "Student"].name) and (rob.n_seeds == len(params["seeds"])).all()
+    assert (project / "results" / "robustness.md").read_text().count("| Teacher '") == 2 * len(params["teachers"])
 
     # nothing left to do
     out = run(["snakemake", "-n", "--cores", "2", "results/table1.csv"], project)
@@ -105,4 +104,5 @@ def test_dvc_repro(tmp_path):
     out = run(["dvc", "repro"], project)
     ran = set(re.findall(r"Running stage '([^']+)'", out))
     # `profile` tracks the whole students section (DVC cannot select sub-keys across entries)
-    assert ran == {"train_student@nokd-0", "profile", "report"}, out
+    # `robustness` reads the students' metrics (the best distilled student may change)
+    assert ran == {"train_student@nokd-0", "profile", "report", "robustness"}, out
