@@ -76,8 +76,8 @@ class FigureRows:
     seed: int | None = None
 
 
-def new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), layout="constrained")
+def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
+    fig = Figure(figsize=(width, height), layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -221,7 +221,10 @@ def curves_figure(curves: dict[str, dict[int, pd.DataFrame]], series: list[tuple
     n = len(curves)
     cols = min(5, n)
     nrows = -(-n // cols)
-    fig = new_figure(3.1 * cols, 0.6 + 2.2 * nrows)
+    width, height = 3.1 * cols, 0.8 + 2.2 * nrows
+    fig = new_figure(width, height, layout=None)  # fixed margins: a constrained grid costs ~1 s more
+    fig.subplots_adjust(left=0.6 / width, right=1 - 0.15 / width, bottom=0.5 / height, top=1 - 0.6 / height,
+                        wspace=0.28, hspace=0.38)
     axes = np.atleast_1d(fig.subplots(nrows, cols, sharex=True, squeeze=False)).ravel()
     seeds = sorted({s for runs in curves.values() for s in runs})
     for ax, (title, runs) in zip(axes, curves.items()):
@@ -243,7 +246,7 @@ def curves_figure(curves: dict[str, dict[int, pd.DataFrame]], series: list[tuple
     handles = [axes[0].plot([], [], style, color="black", label=text)[0] for _, style, text in series]
     handles += [axes[0].plot([], [], "-", color=SEED_COLORS[i % len(SEED_COLORS)], label=f"seed {s}")[0]
                 for i, s in enumerate(seeds)]
-    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="upper center", ncols=len(handles), fontsize=8, frameon=False)
     return fig
 
 
