@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mmdistill.registry import Registry, Run
-from tests.conftest import tiny_params
-from tests.test_pipeline import check_table, make_project, run
+from tests.conftest import make_project, run, tiny_params
+from tests.test_pipeline import check_table
 
 
 @pytest.mark.e2e
