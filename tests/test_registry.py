@@ -37,6 +37,13 @@ def test_unknown_method_and_configuration(params):
         Registry(bad)
 
 
+def test_level_the_method_does_not_support(params):
+    params["students"]["x"] = {"configuration": "language_audio", "teacher": "complete", "method": "msd",
+                               "level": "attention"}
+    with pytest.raises(ParamsError, match=r"students\.x\.level.*'msd' applies at \['final'\]"):
+        Registry(params)
+
+
 def test_student_naming_a_missing_teacher(params):
     params["students"]["x"] = {"configuration": "language_audio", "teacher": "nobody", "method": "crd", "level": "final"}
     with pytest.raises(ParamsError, match=r"students\.x\.teacher.*nobody"):

@@ -125,6 +125,7 @@ class Registry:
         )
 
     def _check_semantics(self) -> None:
+        from mmdistill.distill import LOSSES
         from mmdistill.models.configurations import CONFIGURATIONS
 
         model = self.params["model"]
@@ -145,6 +146,9 @@ class Registry:
                 raise ParamsError(f"{key}.teacher: '{s.teacher}' is not a key of teachers ({sorted(self.teachers)})")
             if s.level is None:
                 raise ParamsError(f"{key}.level: method '{s.method}' needs a level")
+            levels = LOSSES[s.method].levels
+            if s.level not in levels:
+                raise ParamsError(f"{key}.level: method '{s.method}' applies at {list(levels)}, not '{s.level}'")
             if s.level in ("post_attention", "attention"):
                 have = set(self.teachers[s.teacher].transformers)
                 missing = [p for p in conf.distilled_pairs if p not in have]
