@@ -257,7 +257,7 @@ VALID_SERIES = [("valid_acc7", "-", "validation accuracy"), ("valid_f1_weighted"
 # ---------------------------------------------------------------------- (d) confusion matrices
 def confusion_figure(matrices: list[tuple[str, np.ndarray]]) -> Figure:
     """Row-normalized colours (share of each true class), counts written in the cells."""
-    fig = new_figure(4.3 * len(matrices) + 0.8, 4.4)
+    fig = new_figure(4.3 * len(matrices) + 1.0, 4.8)
     axes = np.atleast_1d(fig.subplots(1, len(matrices)))
     im = None
     for ax, (title, cm) in zip(axes, matrices):
@@ -274,7 +274,6 @@ def confusion_figure(matrices: list[tuple[str, np.ndarray]]) -> Figure:
         ax.set_ylabel("true sentiment class", fontsize=8)
         ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=list(axes), shrink=0.8, label="share of the true class")
-    fig.suptitle("test split, counts summed over seeds", fontsize=9)
     return fig
 
 
@@ -287,14 +286,18 @@ def confusion_rows(table: pd.DataFrame, rows: FigureRows) -> list[tuple[str, str
         log.info("confusion figure: no distilled student in the table; panel skipped")
     else:
         best = distilled.sort_values("acc_mean", ascending=False).iloc[0]
-        out.append(("student", best["name"], f"best student {best['name']}\nacc. {best['acc_mean']:.1f} %"))
+        out.append(("student", best["name"], f"best student {best['name']}\n{_acc_text(best)}"))
     for role, name, what in (("student", rows.nokd, "without KD"), ("teacher", rows.teacher, "teacher")):
         sel = table[(table.network == role.capitalize()) & (table.name == name)]
         if sel.empty:
             log.info("confusion figure: %ss.%s is not in params; panel skipped", role, name)
             continue
-        out.append((role, name, f"{what} {name}\nacc. {sel.acc_mean.iloc[0]:.1f} %"))
+        out.append((role, name, f"{what} {name}\n{_acc_text(sel.iloc[0])}"))
     return out
+
+
+def _acc_text(row) -> str:
+    return f"test, {int(row['n_seeds'])} seed(s) summed; mean acc. {row['acc_mean']:.1f} %"
 
 
 def load_confusion(reg: Registry, role: str, name: str) -> np.ndarray:
