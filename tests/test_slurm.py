@@ -145,9 +145,9 @@ def test_tiny_pipeline_on_slurm(tmp_path, slurm_cluster):
     out = snakemake(
         [
             "--profile", PROFILE,
-            # first status check 3 s after a submission (then +10 s per check that finds no
-            # job done); keep the plugin's log of every job as evidence
-            "--slurm-init-seconds-before-status-checks", "3",
+            # status checks 5, 20, 45 s after a submission (the plugin adds 10 s per check that
+            # finds no job done; a tiny job takes 10-20 s); keep every job's log as evidence
+            "--slurm-init-seconds-before-status-checks", "5",
             "--slurm-keep-successful-logs",
             "results/table1.csv",
         ],
