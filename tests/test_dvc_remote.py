@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import ROOT, tiny_params
-from tests.test_pipeline import check_table, jobs_in_dry_run, make_project, run
+from tests.conftest import ROOT, make_project, run, tiny_params
+from tests.test_pipeline import check_table, jobs_in_dry_run
 
 WORKFLOW_PROFILE = ["--workflow-profile", "workflow/profiles/default"]
 

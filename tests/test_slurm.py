@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from mmdistill.registry import Registry
-from tests.conftest import subprocess_env, tiny_params
-from tests.test_pipeline import check_table, make_project, run
+from tests.conftest import make_project, subprocess_env, tiny_params
+from tests.test_pipeline import check_table
 
 PROFILE = "workflow/profiles/slurm"
 ENV_VARS = ("MMDISTILL_SLURM_PARTITION", "MMDISTILL_SLURM_GPU_PARTITION", "MMDISTILL_SLURM_ACCOUNT")
