@@ -94,7 +94,8 @@ def test_dvc_push_pull_round_trip(tmp_path):
     run(["dvc", "push"], project)
     assert any(p.is_file() for p in remote.rglob("*")), "dvc push left the remote empty"
 
-    # as in a fresh clone: no cache, no cached outputs (metrics, curves and tables are in git)
+    # lose what the remote holds: the cache and every cached output (uncached outputs stay:
+    # metrics, curves and tables are committed to git)
     shutil.rmtree(project / ".dvc" / "cache")
     for path in cached_outputs(project):
         path.unlink()
