@@ -65,6 +65,11 @@ def test_paired_degenerate_cases():
     shift = paired_test(np.array([41.0, 42.0, 43.0]), np.array([40.0, 41.0, 42.0]))  # sd 0: t undefined
     assert shift.mean == 1.0 and math.isnan(shift.ci_high) and math.isnan(shift.p_t) and not shift.holds
     assert shift.p_perm == pytest.approx(2 / 8)
+    # the same difference up to float rounding (accuracies are multiples of 100 / n_test)
+    a, b = 100 * (np.array([5, 6]) / 48), 100 * (np.array([7, 8]) / 48)  # as collect_runs computes them
+    assert (a - b).std(ddof=1) > 0  # ~1e-15
+    rounded = paired_test(a, b)
+    assert rounded.mean == pytest.approx(-100 * 2 / 48) and math.isnan(rounded.ci_low) and not rounded.holds
     with pytest.raises(ValueError, match="same length"):
         paired_test(np.array([1.0, 2.0]), np.array([1.0]))
 

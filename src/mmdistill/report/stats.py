@@ -85,7 +85,7 @@ def paired_test(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE,
         return PairedResult(1, mean, math.nan, math.nan, math.nan, math.nan)
     sd = float(d.std(ddof=1))
     p_perm = sign_flip_p(d, rng)
-    if sd == 0.0:  # t undefined (see module docstring)
+    if sd <= 1e-9 * max(1.0, float(np.abs(d).max())):  # sd 0 up to rounding: t undefined (module docstring)
         return PairedResult(n, mean, math.nan, math.nan, math.nan, p_perm)
     se = sd / math.sqrt(n)
     t = mean / se
