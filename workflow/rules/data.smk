@@ -1,5 +1,8 @@
 # Data stage: download (or generate) -> prepare.
 
+localrules:
+    download,  # compute nodes of a cluster often have no internet access
+
 
 rule download:
     output:

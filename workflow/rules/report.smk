@@ -12,8 +12,9 @@ rule profile:
         architectures=REG.architecture_params(),
     log:
         "logs/profile.log",
-    # all cores: timing runs alone, never beside a training job
-    threads: workflow.cores
+    # more threads than any machine's --cores: Snakemake caps it at --cores, so locally the
+    # timing job runs alone, never beside a training job (it sets its own torch threads)
+    threads: 256
     shell:
         cli("profile") + " > {log} 2>&1"
 
