@@ -278,3 +278,26 @@ def test_configurations_as_in_paper():
     for c in CONFIGURATIONS.values():
         teacher_names = set(MulTTeacher(tiny(), c.teacher_branches_needed).transformer_names)
         assert set(c.distilled_pairs) <= teacher_names
+
+
+def test_internals_only_runs_just_the_requested_transformers():
+    from mmdistill.models import ModelConfig, build_teacher
+    from mmdistill.models.outputs import Request
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_dict({"d_model": 8, "n_heads": 2, "n_layers": 2})
+    teacher = build_teacher(cfg, ("V", "A", "L")).eval()
+    g = torch.Generator().manual_seed(1)
+    inputs = {"V": torch.randn(2, 12, 35, generator=g), "A": torch.randn(2, 12, 74, generator=g),
+              "L": torch.randn(2, 6, 300, generator=g)}
+    full = teacher(inputs, Request(attention=frozenset({"V<-A", "V*"})))
+    calls = []
+    hooks = [enc.register_forward_hook(lambda m, i, o, n=n: calls.append(n)) for n, enc in teacher.stack.encoders.items()]
+    part = teacher(inputs, Request(attention=frozenset({"V<-A", "V*"}), internals_only=True))
+    for h in hooks:
+        h.remove()
+    assert part.logits is None and part.penultimate is None
+    assert sorted(calls) == sorted(["V<-A", "A<-V", "L<-V", "V*"])  # V* reads A<-V and L<-V
+    for name in ("V<-A", "V*"):
+        for a, b in zip(full.attention[name], part.attention[name]):
+            assert torch.equal(a, b)

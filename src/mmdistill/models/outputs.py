@@ -19,13 +19,19 @@ class Request:
 
     attention:       transformer names whose per-layer pre-softmax attention scores are wanted
     post_attention:  transformer names whose per-layer attention-module outputs are wanted
+    internals_only:  run only the requested transformers (and those they read from); the
+                     output then has no logits or penultimate features (both ``None``). A
+                     frozen teacher's logits come from a cache, so attention-level
+                     distillation need not run the teacher's other transformers or its head.
     """
 
     attention: frozenset[str] = frozenset()
     post_attention: frozenset[str] = frozenset()
+    internals_only: bool = False
 
     def __or__(self, other: "Request") -> "Request":
-        return Request(self.attention | other.attention, self.post_attention | other.post_attention)
+        return Request(self.attention | other.attention, self.post_attention | other.post_attention,
+                       self.internals_only and other.internals_only)
 
     @property
     def empty(self) -> bool:
@@ -59,8 +65,8 @@ class ModelOutput:
 
     def detach(self) -> "ModelOutput":
         return ModelOutput(
-            self.logits.detach(),
-            self.penultimate.detach(),
+            None if self.logits is None else self.logits.detach(),
+            None if self.penultimate is None else self.penultimate.detach(),
             {k: [t.detach() for t in v] for k, v in self.attention.items()},
             {k: [t.detach() for t in v] for k, v in self.post_attention.items()},
             {k: v.detach() for k, v in self.views.items()},

@@ -156,15 +156,36 @@ class TransformerStack(nn.Module):
             if p is not None:
                 post[name] = p
 
+        needed = self.needed(request)
         for name in self.cross:
-            kv, q = parse_pair(name)
-            run(name, streams[q], None if kv == q else streams[kv])  # (B, T_q, d)
+            if name in needed:
+                kv, q = parse_pair(name)
+                run(name, streams[q], None if kv == q else streams[kv])  # (B, T_q, d)
         for name in self.memory:
-            h = torch.cat([outs[n] for n in branch_pairs(memory_query(name))], dim=-1)  # (B, T_q, 2d)
-            run(name, h, None)
+            if name in needed:
+                h = torch.cat([outs[n] for n in branch_pairs(memory_query(name))], dim=-1)  # (B, T_q, 2d)
+                run(name, h, None)
+        if request.internals_only:
+            return ModelOutput(None, None, attention, post)
         last = torch.cat([outs[n][:, -1] for n in self.pooled], dim=-1)  # (B, P)
         pen, logits = self.head(last)
         return ModelOutput(logits, pen, attention, post)
+
+    def needed(self, request: Request) -> set[str]:
+        """Transformers to run: all of them, or with ``internals_only`` the requested ones
+        and the cross-modal transformers a requested memory transformer reads."""
+        if not request.internals_only:
+            return set(self.names)
+        want = set(request.attention | request.post_attention)
+        for n in list(want):
+            if is_memory(n):
+                want.update(branch_pairs(memory_query(n)))
+        return want
+
+    def needed_streams(self, request: Request) -> tuple[str, ...]:
+        """Modality streams the needed transformers read."""
+        needed = [n for n in self.needed(request) if not is_memory(n)]
+        return tuple(m for m in self.streams if any(m in parse_pair(n) for n in needed))
 
 
 class MulTTeacher(nn.Module):
@@ -197,5 +218,6 @@ class MulTTeacher(nn.Module):
         missing = [m for m in self.input_modalities if m not in inputs]
         if missing:
             raise KeyError(f"teacher inputs lack modalities {missing}; it needs {list(self.input_modalities)}")
-        streams = {m: self.proj[m](inputs[m]) for m in self.input_modalities}  # (B, T_m, d)
-        return self.stack(streams, NOTHING if request is None else request)
+        request = NOTHING if request is None else request
+        streams = {m: self.proj[m](inputs[m]) for m in self.stack.needed_streams(request)}  # (B, T_m, d)
+        return self.stack(streams, request)

@@ -20,7 +20,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +112,8 @@ class TeacherCache:
     """
 
     def __init__(self, teacher: nn.Module, split: SplitData, batch_size: int, device: torch.device,
-                 views: dict[str, tuple[str, ...]], main: bool = True):
-        names = (["main"] if main else []) + list(views)
+                 views: dict[str, tuple[str, ...]]):
+        names = ["main"] + list(views)
         keep = {"main": tuple(split.inputs), **views}
         parts: dict[str, tuple[list, list]] = {n: ([], []) for n in names}
         with torch.no_grad():
@@ -127,11 +127,13 @@ class TeacherCache:
         self.views = list(views)
 
     def __call__(self, batch: Batch, live: ModelOutput | None = None) -> ModelOutput:
-        """The cached outputs of ``batch``; with ``live`` (a per-batch teacher pass), only
-        the cached views are attached to it."""
-        idx = batch.index.to(next(iter(self.outputs.values()))[0].device) if self.outputs else batch.index
+        """The cached outputs of ``batch``; with ``live`` (a per-batch pass of the teacher's
+        requested transformers only), its internals with the cached logits and views."""
+        idx = batch.index.to(self.outputs["main"][0].device)
         pick = lambda n: ModelOutput(self.outputs[n][0][idx], self.outputs[n][1][idx])  # noqa: E731
-        out = live if live is not None else pick("main")
+        out = pick("main")
+        if live is not None:
+            out.attention, out.post_attention = live.attention, live.post_attention
         out.views = {n: pick(n) for n in self.views}
         return out
 
@@ -148,11 +150,10 @@ class Objective:
         if kd is not None:
             kd.teacher.eval().requires_grad_(False)
             self.student_request = kd.loss.student_request()
-            self.teacher_request = kd.loss.teacher_request()
-            views = kd.loss.teacher_views()
-            if self.teacher_request.empty or views:
-                self.cache = TeacherCache(kd.teacher, train_split, batch_size, device, views,
-                                          main=self.teacher_request.empty)
+            # per step, the teacher runs only the transformers the loss reads; its logits,
+            # penultimate features and masked-modality views come from a once-per-data-set cache
+            self.teacher_request = replace(kd.loss.teacher_request(), internals_only=True)
+            self.cache = TeacherCache(kd.teacher, train_split, batch_size, device, kd.loss.teacher_views())
 
     def __call__(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.model(batch.inputs, self.student_request)
@@ -163,7 +164,7 @@ class Objective:
         if not self.teacher_request.empty:
             with torch.no_grad():
                 live = self.kd.teacher(batch.inputs, self.teacher_request).detach()
-        t_out = self.cache(batch, live) if self.cache is not None else live
+        t_out = self.cache(batch, live)
         kd = self.kd.loss(out, t_out, batch)
         total = self.kd.alpha * ce + self.kd.beta * kd
         return total, {"ce": ce.detach(), "kd": kd.detach()}
