@@ -31,3 +31,18 @@ def test_constant_prediction_has_undefined_correlation():
 def test_mismatched_lengths_raise():
     with pytest.raises(ValueError):
         classification_metrics(np.array([1, 2]), np.array([1]))
+
+
+def test_matches_scikit_learn_on_random_labels():
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+    rng = np.random.default_rng(0)
+    for n in (5, 50, 500):
+        y_true = rng.integers(0, 7, n)
+        y_pred = np.where(rng.random(n) < 0.5, y_true, rng.integers(0, 5, n))
+        m = classification_metrics(y_true, y_pred)
+        labels = list(range(7))
+        assert m["acc7"] == pytest.approx(accuracy_score(y_true, y_pred))
+        assert m["f1_weighted"] == pytest.approx(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0))
+        assert m["f1_macro"] == pytest.approx(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+        assert m["confusion"] == confusion_matrix(y_true, y_pred, labels=labels).tolist()
