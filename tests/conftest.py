@@ -35,7 +35,7 @@ def subprocess_env() -> dict:
     return env
 
 
-PROJECT_FILES = ["Snakefile", "dvc.yaml", "workflow", "src", ".dvcignore", ".gitignore", "pyproject.toml"]
+PROJECT_FILES = ["Snakefile", "dvc.yaml", "workflow", "profiles", "src", ".dvcignore", ".gitignore", "pyproject.toml"]
 
 
 def make_project(dest: Path, params: dict) -> Path:
