@@ -22,6 +22,18 @@ def tiny_params() -> dict:
     return deep_merge(base, yaml.safe_load((ROOT / "tests" / "tiny.yaml").read_text()))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one torch thread avoids the cost of waking a second one on a busy machine.
+    Test modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def params() -> dict:
     return copy.deepcopy(tiny_params())

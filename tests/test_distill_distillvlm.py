@@ -16,12 +16,7 @@ from mmdistill.models import ModelConfig, build_student, build_teacher
 PAIRS = ("V<-A", "V<-L")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _out(B=3, L=2, H=2, Tq=5, Tk=4, d=6, grad=False, seed=0):

@@ -26,13 +26,7 @@ def make_split(name: str, n: int, seed: int) -> SplitData:
     return SplitData(name, inputs, length, label, label.float() - 3, [f"{name}{i}" for i in range(n)])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids the cost of waking a second one on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

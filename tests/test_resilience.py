@@ -11,10 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
-from tests.conftest import ROOT, subprocess_env, tiny_params
+from tests.conftest import subprocess_env, tiny_params
 
 
 def scratch_project(tmp_path: Path, **train) -> Path:

@@ -23,12 +23,7 @@ from mmdistill.train.loop import evaluate
 LENGTHS = {"V": 4, "A": 4, "L": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_split(n=12, seed=0) -> SplitData:

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from mmdistill.data.dataset import SplitData
 from mmdistill.distill.base import DistillContext, build_loss
@@ -34,7 +33,8 @@ from mmdistill.modalities import FEATURE_DIM, MODALITIES
 from mmdistill.models import build_student, build_teacher
 from mmdistill.models.config import PAPER_PRESET, ModelConfig
 from mmdistill.models.configurations import CONFIGURATIONS
-from mmdistill.train.latency import count_parameters, measure_latency, random_inputs
+from mmdistill.models import count_parameters
+from mmdistill.train.latency import measure_latency, random_inputs
 from mmdistill.train.loop import Distillation, Objective
 
 FULL_LENGTHS = {"V": 500, "A": 500, "L": 50}

@@ -54,10 +54,8 @@ def cmd_prepare(args) -> int:
     from mmdistill.data.acquire import prepare_dataset
 
     reg = _registry(args)
-    raw = reg.raw_dir()
     summary = prepare_dataset(reg.params["data"], reg.raw_input(), reg.prepared(), reg.data_summary())
-    log.info("prepared %s from %s: %s", reg.prepared(), raw,
-             {s: summary["splits"][s]["n"] for s in summary["splits"]} if "splits" in summary else "")
+    log.info("prepared %s from %s: %s samples per split", reg.prepared(), reg.raw_input(), summary["n"])
     return 0
 
 

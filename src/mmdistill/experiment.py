@@ -17,12 +17,11 @@ from torch import nn
 from mmdistill.data.dataset import SplitData, load_split
 from mmdistill.distill.base import DistillContext, build_loss
 from mmdistill.io import atomic_path, write_json, write_text
-from mmdistill.models import build_student, build_teacher
+from mmdistill.models import build_student, build_teacher, count_parameters
 from mmdistill.models.config import ModelConfig
 from mmdistill.models.configurations import CONFIGURATIONS
 from mmdistill.models.outputs import Request
 from mmdistill.registry import Registry, Run, params_hash
-from mmdistill.train.latency import count_parameters
 from mmdistill.train.loop import Distillation, TrainConfig, evaluate, resolve_device, train
 
 log = logging.getLogger(__name__)
@@ -78,9 +77,9 @@ def load_data(reg: Registry) -> dict[str, SplitData]:
 # ---------------------------------------------------------------------- training
 def make_distillation(reg: Registry, run: Run, student: nn.Module, train_split: SplitData,
                       valid_split: SplitData, batch_size: int) -> Distillation | None:
-    if run.role != "student" or not reg.spec(run).distils:
-        return None
     spec = reg.spec(run)
+    if run.role != "student" or not spec.distils:
+        return None
     teacher = load_model(reg.checkpoint(reg.teacher_run(run)))
     teacher.requires_grad_(False)
     example = next(train_split.batches(min(batch_size, len(train_split))))

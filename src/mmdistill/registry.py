@@ -19,10 +19,8 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
-from mmdistill.modalities import MODALITIES, memory_name, pair_name
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
-ROLES = ("teacher", "student")
 
 
 class ParamsError(ValueError):
@@ -37,10 +35,9 @@ class TeacherSpec:
     @property
     def transformers(self) -> tuple[str, ...]:
         """Names of the teacher's transformers: two cross-modal and one memory per branch."""
-        names = []
-        for q in self.branches:
-            names += [pair_name(kv, q) for kv in MODALITIES if kv != q] + [memory_name(q)]
-        return tuple(names)
+        from mmdistill.models.teacher import teacher_transformer_names
+
+        return teacher_transformer_names(self.branches)
 
 
 @dataclass(frozen=True)

@@ -71,14 +71,6 @@ class SplitData:
             length=self.length.to(device), label=self.label.to(device), score=self.score.to(device),
         )
 
-    def subset(self, n: int) -> "SplitData":
-        return replace(
-            self,
-            inputs={m: x[:n] for m, x in self.inputs.items()},
-            length=self.length[:n], label=self.label[:n], score=self.score[:n],
-            segment_id=self.segment_id[:n],
-        )
-
     def batches(
         self,
         batch_size: int,

@@ -82,6 +82,3 @@ class ModelConfig:
 # notes/models_report.md. MulT's own sizes are the ModelConfig defaults (d=30, 5 heads,
 # 5 layers).
 PAPER_PRESET: dict[str, Any] = {"d_model": 33, "n_heads": 3, "n_layers": 7}
-
-# Named size presets: overrides of the ModelConfig defaults.
-PRESETS: dict[str, dict[str, Any]] = {"mult": {}, "paper": PAPER_PRESET}

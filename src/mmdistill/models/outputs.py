@@ -29,10 +29,6 @@ class Request:
     post_attention: frozenset[str] = frozenset()
     internals_only: bool = False
 
-    def __or__(self, other: "Request") -> "Request":
-        return Request(self.attention | other.attention, self.post_attention | other.post_attention,
-                       self.internals_only and other.internals_only)
-
     @property
     def empty(self) -> bool:
         return not self.attention and not self.post_attention

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mmdistill.io import read_json
-from mmdistill.registry import Registry, Run
+from mmdistill.registry import Registry
 from mmdistill.report.paper import (GROUP_TITLES, LEVEL_TEXT, PAPER_TEACHERS, method_text,
                                     paper_student)
 from mmdistill.report.stats import PAIRED_NOTE, format_difference

@@ -17,10 +17,6 @@ from torch import nn
 from mmdistill.models.outputs import NOTHING
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 @torch.no_grad()
 def measure_latency(model: nn.Module, inputs: dict[str, torch.Tensor], warmup: int, repeats: int) -> dict:
     model.eval()

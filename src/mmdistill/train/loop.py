@@ -20,7 +20,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from tqdm import tqdm
 from mmdistill.data.dataset import Batch, SplitData, mask_inputs
 from mmdistill.distill.base import DistillLoss
 from mmdistill.io import atomic_path
-from mmdistill.models.outputs import NOTHING, ModelOutput, Request
+from mmdistill.models.outputs import NOTHING, ModelOutput
 from mmdistill.train.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,6 @@ class TrainResult:
     epochs_run: int
     train_seconds: float
     resumed_from_epoch: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_device(name: str) -> torch.device:
