@@ -25,3 +25,20 @@ def test_markdown_has_a_row_per_case():
                                   "batch_size": 4, "ratios": {"attention_kd_over_nokd_step": 1.2}}}}
     md = to_markdown(r)
     assert all(f"| default | {c} |" in md for c in CASES)
+
+
+def test_flop_counter_counts_fused_attention_on_cpu():
+    import torch
+    import torch.nn.functional as F
+
+    from mmdistill.bench import flop_counter
+
+    B, H, Tq, Tk, dh = 2, 3, 7, 5, 4
+    q = torch.randn(B, H, Tq, dh, requires_grad=True)
+    k = torch.randn(B, H, Tk, dh, requires_grad=True)
+    v = torch.randn(B, H, Tk, dh, requires_grad=True)
+    counter = flop_counter()
+    with counter:
+        F.scaled_dot_product_attention(q, k, v).sum().backward()
+    one_product = 2 * B * H * Tq * Tk * dh
+    assert counter.get_total_flops() == (2 + 5) * one_product  # forward 2 products, backward 5

@@ -84,10 +84,32 @@ def build_case(case: str, s: Setting, split: SplitData, device: torch.device):
     return student, Objective(student, kd, split, s.batch_size, device)
 
 
-def step_flops(objective: Objective, model, batch) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
+def flop_counter():
+    """A ``FlopCounterMode`` that also counts PyTorch's CPU fused attention.
 
-    counter = FlopCounterMode(display=False)
+    torch's counter has formulas for the CUDA fused-attention kernels only; on CPU
+    ``scaled_dot_product_attention`` dispatches to ``_scaled_dot_product_flash_attention_for_cpu``
+    (and its backward), which it would count as zero FLOPs. They get the same formulas as
+    the CUDA kernels: two (B*H) batched products forward, five backward (scores recomputed).
+    """
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    def forward(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(q_shape, k_shape, v_shape)
+
+    def backward(grad_shape, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_shape, q_shape, k_shape, v_shape)
+
+    aten = torch.ops.aten
+    extra = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        extra[aten._scaled_dot_product_flash_attention_for_cpu] = forward
+        extra[aten._scaled_dot_product_flash_attention_for_cpu_backward] = backward
+    return FlopCounterMode(display=False, custom_mapping=extra)
+
+
+def step_flops(objective: Objective, model, batch) -> int:
+    counter = flop_counter()
     with counter:
         loss, _ = objective(batch)
         loss.backward()
