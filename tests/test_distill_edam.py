@@ -161,3 +161,22 @@ def test_contract_and_options():
     t3 = _out(_scores(L=3))
     with pytest.raises(ValueError, match="layers"):
         build_loss("edam", _ctx(_out(_scores(L=2)), t3), {})
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_row_cross_entropy_matches_autograd_composite(temperature):
+    from mmdistill.distill.edam import row_cross_entropy
+
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64).softmax(-1) * 0.7  # rows need not sum to 1
+    b = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64)
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+    got = row_cross_entropy(a, b, temperature)
+    want = -(a * torch.log_softmax(b / temperature, -1)).sum(-1).mean()
+    torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(lambda x, y: row_cross_entropy(x, y, temperature), (a, b))
+    ga, gb = torch.autograd.grad(got, (a, b))
+    wa, wb = torch.autograd.grad(want, (a, b))
+    torch.testing.assert_close(ga, wa)
+    torch.testing.assert_close(gb, wb)

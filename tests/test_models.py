@@ -68,14 +68,21 @@ def test_sinusoidal_positions_formula_and_odd_width():
     assert t[4, 2].item() == pytest.approx(math.sin(5 * w2), abs=1e-6)
 
 
-def test_fused_and_explicit_attention_agree():
+def test_fused_attention_and_scores_agree_with_explicit_attention():
     torch.manual_seed(0)
     mha = tr.MultiHeadAttention(8, 2, dropout=0.0)
     xq, xkv = torch.randn(B, 5, 8), torch.randn(B, 7, 8)
     fused, none = mha(xq, xkv, want_scores=False)
-    explicit, scores = mha(xq, xkv, want_scores=True)
+    with_scores, scores = mha(xq, xkv, want_scores=True)
     assert none is None and scores.shape == (B, 2, 5, 7)
+    torch.testing.assert_close(fused, with_scores)
+    # the explicit softmax(scores) V, projected, is the fused output
+    v = mha.kv_proj(xkv)[..., 8:].reshape(B, 7, 2, 4).transpose(1, 2)
+    explicit = mha.out_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, 5, 8))
     torch.testing.assert_close(fused, explicit, atol=1e-6, rtol=1e-5)
+    # a loss on the scores reaches the query and key projections
+    scores.square().sum().backward()
+    assert mha.q_proj.weight.grad.abs().sum() > 0 and mha.kv_proj.weight.grad[:8].abs().sum() > 0
     # the whole encoder too, cross-modal and self-attention
     enc = tr.TransformerEncoder(8, tiny(attn_dropout=0.0)).eval()
     for kv in (xkv, None):
@@ -96,15 +103,15 @@ def test_scores_are_prescaled_qk_and_rows_softmax_to_one():
     torch.testing.assert_close(scores.softmax(-1).sum(-1), torch.ones(2, 2, 4))
 
 
-def test_empty_request_uses_fused_path_only(monkeypatch):
-    calls = {"explicit": 0}
-    original = tr.explicit_attention
+def test_scores_only_when_requested(monkeypatch):
+    calls = {"scores": 0}
+    original = tr.attention_scores
 
     def counting(*args, **kw):
-        calls["explicit"] += 1
+        calls["scores"] += 1
         return original(*args, **kw)
 
-    monkeypatch.setattr(tr, "explicit_attention", counting)
+    monkeypatch.setattr(tr, "attention_scores", counting)
     cfg = tiny()
     teacher = build_teacher(cfg, ("V", "A", "L")).eval()
     student = build_student(cfg, "language_audio", "V", LENGTHS, "down").eval()
@@ -112,12 +119,12 @@ def test_empty_request_uses_fused_path_only(monkeypatch):
     for model in (teacher, student):
         out = model(x)
         assert out.attention == {} and out.post_attention == {}
-    assert calls["explicit"] == 0
+    assert calls["scores"] == 0
     # post-attention alone does not need the map either
     out = teacher(x, Request(post_attention=frozenset({"V<-A"})))
-    assert calls["explicit"] == 0 and list(out.post_attention) == ["V<-A"] and out.attention == {}
+    assert calls["scores"] == 0 and list(out.post_attention) == ["V<-A"] and out.attention == {}
     out = teacher(x, Request(attention=frozenset({"V<-A"})))
-    assert calls["explicit"] == cfg.n_layers  # one per layer of the one requested transformer
+    assert calls["scores"] == cfg.n_layers  # one per layer of the one requested transformer
 
 
 # ------------------------------------------------------------------ teacher

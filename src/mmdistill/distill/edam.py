@@ -112,6 +112,43 @@ def maps(scores: torch.Tensor, temperature: float, average_heads: bool) -> torch
     return p.mean(1, keepdim=True) if average_heads else p
 
 
+class _RowCrossEntropy(torch.autograd.Function):
+    """``-sum(a * log_softmax(b / t)) / rows`` with its gradients written out.
+
+    Forward keeps ``log p = log_softmax(b / t)`` (what autograd would keep too). Backward:
+    ``d/db = (p * rowsum(a) - a) * g / (t * rows)`` and ``d/da = -log p * g / rows``; autograd's
+    own chain (a dot product, then log-softmax's backward) makes three passes over the map
+    where this makes one.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+        logp = F.log_softmax(b if temperature == 1 else b / temperature, dim=-1)
+        rows = logp.numel() // logp.shape[-1]
+        ctx.save_for_backward(a, logp)
+        ctx.temperature, ctx.rows = temperature, rows
+        return -torch.dot(a.reshape(-1), logp.reshape(-1)) / rows
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        a, logp = ctx.saved_tensors
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_a = logp * (-g / ctx.rows)
+        if ctx.needs_input_grad[1]:
+            grad_b = torch.exp(logp).mul_(a.sum(-1, keepdim=True)).sub_(a).mul_(g / (ctx.temperature * ctx.rows))
+        return grad_a, grad_b, None
+
+
+def row_cross_entropy(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean over rows of ``-sum_k a_k log softmax(b / t)_k``: a (..., Tk) rows of weights (a
+    map), b (..., Tk) scores -> scalar. Gradients reach ``a`` and ``b``, whichever require them.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"row_cross_entropy: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
+    return _RowCrossEntropy.apply(a, b, float(temperature))
+
+
 @register
 class EDAM(DistillLoss):
     """Cross-entropy between matching attention-map rows (see the module docstring).
@@ -197,6 +234,8 @@ class EDAM(DistillLoss):
         average = s.shape[1] != t.shape[1]
         a, b = (t, s) if self.direction == "teacher_target" else (s, t)  # F(a, b) = -a log b
         target = maps(a, self.temperature, average)  # (B, H, Tq, Tk), H = 1 when averaged
+        if not average:
+            return row_cross_entropy(target, b, self.temperature)
         logp = log_maps(b, self.temperature, average)
         n_rows = logp.numel() // logp.shape[-1]
         # sum over all rows of -sum_k a_k log b_k as one dot product (no (B, H, Tq, Tk) product

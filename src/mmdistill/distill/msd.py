@@ -56,8 +56,9 @@ a positive saliency (removing any one of them does not hurt the teacher).
   it cancels in the normalization: eta = 1. The weights then move by an exponential moving
   average, ``w <- momentum * w + (1 - momentum) * w_step`` (``meta_momentum`` 0 = plain
   per-step L2RW), starting from uniform; they are a buffer (checkpointed). The virtual step's
-  training forward asks the student for every attention map, which makes it take the
-  explicit attention path: PyTorch's fused CPU attention kernel has no double backward. The
+  training forward runs the student's attention step by step
+  (:func:`~mmdistill.models.transformer.explicit_attention`): PyTorch's fused CPU attention
+  kernel has no double backward. The
   validation batch is drawn with the global torch RNG (seeded by the caller, checkpointed by
   the loop) and run in eval mode.
 * ``'uniform'``: ``w_m = 1/M`` (an ablation of the weighting).
@@ -78,7 +79,8 @@ from torch.func import functional_call
 from mmdistill.data.dataset import Batch, SplitData, mask_inputs
 from mmdistill.distill.base import DistillContext, DistillLoss, register
 from mmdistill.modalities import MODALITIES
-from mmdistill.models.outputs import NOTHING, ModelOutput, Request
+from mmdistill.models.outputs import NOTHING, ModelOutput
+from mmdistill.models.transformer import explicit_attention
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +202,6 @@ class MSD(DistillLoss):
             object.__setattr__(self, "_valid", self._need(ctx, "valid_split"))
             self.meta_batch_size = int(self._need(ctx, "batch_size"))
             self.meta_step = 0  # training steps seen; checkpointed as the module's extra state
-            self._meta_request = Request(attention=frozenset(student.transformer_names))
         self._reset_log()
 
     @staticmethod
@@ -281,7 +282,8 @@ class MSD(DistillLoss):
         student = self._student
         named = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
         names, params = [n for n, _ in named], [p for _, p in named]
-        out = functional_call(student, dict(named), (batch.inputs, self._meta_request))
+        with explicit_attention():
+            out = functional_call(student, dict(named), (batch.inputs,))
         terms = self.aux_terms(out, teacher).mean(0)  # (M,)
         eps = torch.zeros_like(terms, requires_grad=True)
         grads = torch.autograd.grad((eps * terms).sum(), params, create_graph=True, allow_unused=True)

@@ -5,10 +5,15 @@ Follows the encoder of MulT (Tsai et al., ACL 2019; yaohungt/Multimodal-Transfor
 sinusoidal positions, embedding dropout, pre-LayerNorm layers, a final LayerNorm. Two
 changes serve distillation (paper 002, eqs. 3, 8 and 10):
 
-* attention runs through PyTorch's fused ``scaled_dot_product_attention`` unless the caller
-  asks for the scores, in which case the explicit ``softmax(Q K^T / sqrt(d_k)) V`` is
-  computed and the per-head, pre-softmax scores ``(B, H, Tq, Tk)`` are returned (MulT
-  returns post-softmax weights averaged over heads and its layer discards them);
+* attention always runs through PyTorch's fused ``scaled_dot_product_attention``; when the
+  caller asks for the scores, the per-head, pre-softmax scores ``(B, H, Tq, Tk)`` are computed
+  beside it by one batched product ``(Q / sqrt(d_k)) K^T`` and returned (MulT returns
+  post-softmax weights averaged over heads and its layer discards them). A loss on the scores
+  sends its gradient through Q and K exactly as through the attention's own scores, and the
+  attention keeps the fused kernel's speed and memory: at MOSEI lengths the fused forward and
+  backward plus the separate scores cost about 0.65x of an explicit
+  ``softmax(Q K^T / sqrt(d_k)) V`` that materializes the map for both uses. (With attention
+  dropout, PyTorch's CPU kernel itself falls back to the explicit computation.)
 * each layer returns its attention module's output (after the output projection), the
   "post-attention" features of paper 002's eq. 4.
 
@@ -20,7 +25,9 @@ are zero left-padded, as in MulT's data, and padded steps are attended like any 
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -59,17 +66,32 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
 
 
-def explicit_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same attention, step by step; also returns the pre-softmax scores.
+_EXPLICIT = False  # set by explicit_attention(); read by MultiHeadAttention.forward
 
-    q (B, H, Tq, dh), k and v (B, H, Tk, dh) -> out (B, H, Tq, dh), scores (B, H, Tq, Tk)
+
+@contextlib.contextmanager
+def explicit_attention() -> Iterator[None]:
+    """Within this context every attention is computed step by step, ``softmax(scores) V``.
+
+    Each of those operations has a double backward; PyTorch's fused CPU attention kernel has
+    none. For callers that differentiate through a gradient of the model (the meta-learned
+    weighting of MSD takes a virtual training step and differentiates through it).
     """
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
-    probs = scores.softmax(dim=-1)
-    probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0)
-    return probs @ v, scores
+    global _EXPLICIT
+    before, _EXPLICIT = _EXPLICIT, True
+    try:
+        yield
+    finally:
+        _EXPLICIT = before
+
+
+def attention_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The pre-softmax scores ``Q K^T / sqrt(d_k)`` of the same attention.
+
+    q (B, H, Tq, dh), k (B, H, Tk, dh) -> (B, H, Tq, Tk). The scale is applied to the small
+    ``q`` rather than to the ``Tq x Tk`` result (one pass less over the map, forward and back).
+    """
+    return (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)
 
 
 class MultiHeadAttention(nn.Module):
@@ -106,10 +128,13 @@ class MultiHeadAttention(nn.Module):
         k, v = self.kv_proj(x_kv).chunk(2, dim=-1)
         k, v = self._heads(k), self._heads(v)  # (B, H, Tk, dh)
         p = self.dropout if self.training else 0.0
-        if want_scores:
-            y, scores = explicit_attention(q, k, v, p)
+        if _EXPLICIT:
+            scores = attention_scores(q, k)
+            probs = F.dropout(scores.softmax(dim=-1), p=p, training=p > 0)
+            y, scores = probs @ v, (scores if want_scores else None)
         else:
-            y, scores = fused_attention(q, k, v, p), None
+            y = fused_attention(q, k, v, p)
+            scores = attention_scores(q, k) if want_scores else None
         y = y.transpose(1, 2).reshape(B, Tq, self.width)  # (B, Tq, d)
         return self.out_proj(y), scores
 
