@@ -145,7 +145,10 @@ def test_memory_update_moves_rows_toward_embeddings_unit_norm():
     loss, unit, s, t, batch, (fs, ft, bs, bt, idx, T, n) = _golden_setup()
     loss.train()
     loss(s, t, batch)
-    new_s, new_t = unit.memory.bank_s[0].numpy(), unit.memory.bank_t[0].numpy()
+    before = unit.memory.bank_s.clone()  # the update is deferred to the next pass or save ...
+    state = loss.state_dict()  # ... and a checkpoint holds it
+    assert torch.equal(before[0], torch.tensor(bs, dtype=before.dtype))
+    new_s, new_t = state["units.final.memory.bank_s"][0].numpy(), state["units.final.memory.bank_t"][0].numpy()
     for new, old, f in ((new_s, bs, fs), (new_t, bt, ft)):
         v = f / np.linalg.norm(f, axis=1, keepdims=True)
         for row, i in ((0, 3), (1, 1)):
@@ -261,8 +264,8 @@ def test_training_step_backward_sees_the_banks_before_their_update(K):
     before = train.units["V<-A"].memory.bank_s.clone()
     batch = _batch(4, K)
     v = train(s, t, batch)
-    v.backward()  # the banks were replaced during forward; the graph keeps the old ones
-    assert not torch.equal(before, train.units["V<-A"].memory.bank_s)
+    v.backward()  # the step's update waits until this backward pass is done
+    assert torch.equal(before, train.units["V<-A"].memory.bank_s)
     got = [x.grad.clone() for x in s.attention["V<-A"]]
     for x in s.attention["V<-A"] + s.attention["V<-L"]:
         x.grad = None
@@ -286,3 +289,37 @@ def test_bank_bound_at_other_levels_names_feat_dim():
     s = _out(L=5, Tq=50, d=30)
     with pytest.raises(ValueError, match=r"lower feat_dim, distill fewer pairs, or raise max_bank_mb"):
         build_loss("crd", _ctx("post_attention", s, s, n_data=16326), {"max_bank_mb": 50})
+
+
+@pytest.mark.parametrize("K", [4, 30])
+def test_deferred_update_matches_immediate_update(K):
+    """Two training steps: the second step's loss and gradients are those of banks updated
+    right after the first step's scores (the reference's order)."""
+    s, t = _out(grad=True, seed=7), _out(seed=8)
+    deferred = build_loss("crd", _ctx("attention", s, t), {**SMALL, "nce_k": K}).train()
+    immediate = copy.deepcopy(deferred)
+    b1, b2 = _batch(4, K, seed=1), _batch(4, K, seed=2)
+    deferred(s, t, b1).backward()
+    for x in s.attention["V<-A"] + s.attention["V<-L"]:
+        x.grad = None
+    v2 = deferred(s, t, b2)
+    v2.backward()
+    got = [x.grad.clone() for x in s.attention["V<-A"]]
+    for x in s.attention["V<-A"] + s.attention["V<-L"]:
+        x.grad = None
+    immediate(s, t, b1)
+    for unit in immediate.units.values():
+        unit.memory.flush()  # applied at once, before any backward pass
+    w2 = immediate(s, t, b2)
+    w2.backward()
+    assert torch.allclose(v2, w2)
+    assert all(torch.allclose(a, x.grad) for a, x in zip(got, s.attention["V<-A"]))
+
+
+def test_second_forward_before_backward_is_an_error_not_a_silent_mistake():
+    s, t = _out(grad=True, seed=9), _out(seed=10)
+    loss = build_loss("crd", _ctx("attention", s, t), {**SMALL, "nce_k": 30}).train()
+    first = loss(s, t, _batch(4, 30, seed=1))
+    loss(s, t, _batch(4, 30, seed=2))  # applies the first step's update in place
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        first.backward()

@@ -48,6 +48,13 @@ columns picked afterwards (same numbers, far less memory traffic).
 
 Banks and ``Z`` change only in training mode (``loss.train()``), like batch-norm statistics;
 in eval mode the loss is computed against the banks as they are.
+
+Bank updates are applied in place, deferred: a step's update is kept aside and written at the
+start of the next forward pass (or when the state is saved), after the step's backward pass
+is done with the bank it saved. Every scoring sees exactly the banks of the reference's
+order (update right after the step's scores); no per-step copy of a whole bank is made. A
+second forward pass before the first one's backward would modify a saved bank, which
+autograd reports as an error rather than computing wrong gradients.
 """
 
 from __future__ import annotations
@@ -100,6 +107,7 @@ class ContrastMemory(nn.Module):
         self.register_buffer("bank_t", torch.rand(groups, n_data, feat_dim).mul_(2 * stdv).sub_(stdv))
         self.register_buffer("z", torch.full((2, groups), -1.0))
         self._z_ready = False  # cache of (z >= 0).all(), so that set Z costs no device sync
+        self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # deferred update
 
     def forward(self, v_s: torch.Tensor, v_t: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """v_s, v_t: (G, B, F) embeddings; idx: (B, K+1), column 0 the samples themselves.
@@ -108,6 +116,7 @@ class ContrastMemory(nn.Module):
         (against the student bank), each (G, B, K+1). Updates Z (first call) and, in training
         mode, the banks.
         """
+        self.flush()  # the previous step's update; its backward pass is done
         out_s = torch.exp(bank_scores(self.bank_t, v_s, idx) / self.nce_t)  # (G, B, K+1)
         out_t = torch.exp(bank_scores(self.bank_s, v_t, idx) / self.nce_t)
         if not self._z_ready:
@@ -115,8 +124,18 @@ class ContrastMemory(nn.Module):
         p_s = out_s / self.z[0][:, None, None]
         p_t = out_t / self.z[1][:, None, None]
         if self.training:
-            self.update(v_s, v_t, idx[:, 0])
+            self._pending = (v_s.detach(), v_t.detach(), idx[:, 0])
         return p_s, p_t
+
+    def flush(self) -> None:
+        """Apply the deferred bank update, if any."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self.update(*pending)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        self.flush()  # a checkpoint holds the banks as of the last step
+        super()._save_to_state_dict(destination, prefix, keep_vars)
 
     @torch.no_grad()
     def _set_z(self, out_s: torch.Tensor, out_t: torch.Tensor) -> None:
@@ -132,17 +151,12 @@ class ContrastMemory(nn.Module):
 
     @torch.no_grad()
     def update(self, v_s: torch.Tensor, v_t: torch.Tensor, index: torch.Tensor) -> None:
-        """Move the rows ``index`` (B,) of each bank toward the new embeddings, renormalized.
-
-        Out of place: the scores of this step may have saved the old bank for their backward
-        pass (the whole-bank product does), so the buffer is replaced by an updated copy and
-        the old one lives until that backward pass is done.
-        """
+        """Move the rows ``index`` (B,) of each bank toward the new embeddings, renormalized,
+        in place (see the module docstring for when this runs)."""
         m = self.momentum
-        for name, v in (("bank_s", v_s), ("bank_t", v_t)):
-            bank = getattr(self, name)
+        for bank, v in ((self.bank_s, v_s), (self.bank_t, v_t)):
             rows = bank.index_select(1, index) * m + v.detach().to(bank.dtype) * (1 - m)  # (G, B, F)
-            setattr(self, name, bank.index_copy(1, index, F.normalize(rows, dim=-1)))
+            bank.index_copy_(1, index, F.normalize(rows, dim=-1))
 
 
 def bank_scores(bank: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -225,8 +239,7 @@ class CRD(DistillLoss):
                      needs equal row counts). Must not exceed the rows of any distilled map.
         max_bank_mb: refuse configurations whose banks (both sides, all groups, float32) would
                      exceed this many MB (10^6 bytes; default 2048). The default row_bins=4 on
-                     MOSEI (2 pairs, 5 layers, feat_dim 128) needs 669 MB. During a training
-                     step the peak is up to twice this (banks are updated out of place).
+                     MOSEI (2 pairs, 5 layers, feat_dim 128) needs 669 MB.
     """
 
     name = "crd"
