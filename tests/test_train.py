@@ -85,3 +85,48 @@ def test_non_finite_loss_names_run_epoch_and_step(tmp_path):
     bad.inputs["V"][20, -1, :] = float("nan")  # the sample lands in some batch of epoch 1
     with pytest.raises(NonFiniteLossError, match=r"test/nan: training loss is non-finite at epoch 1, step \d+/3"):
         fit(tmp_path, "nan", train_split=bad)
+
+
+@pytest.mark.parametrize("level", ["attention", "post_attention"])
+def test_teacher_internals_cached_when_they_fit_and_equal_to_the_per_step_pass(level):
+    from dataclasses import replace
+
+    from mmdistill.distill.base import DistillContext, build_loss
+    from mmdistill.models import build_teacher
+    from mmdistill.models.configurations import CONFIGURATIONS
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_dict({"d_model": 8, "n_heads": 2, "n_layers": 1})  # as make_model's student
+    teacher = build_teacher(cfg, ("V", "A", "L")).eval().requires_grad_(False)
+    student = make_model()
+    split = make_split("train", 40, 4)
+    example = next(split.batches(16))
+
+    def probe(s_req, t_req):
+        with torch.no_grad():
+            return student(example.inputs, s_req), teacher(example.inputs, t_req)
+
+    ctx = DistillContext(level=level, pairs=CONFIGURATIONS["language_audio"].distilled_pairs, n_data=len(split),
+                         probe=probe)
+    loss = build_loss("crd", ctx, {"nce_k": 8, "feat_dim": 4, "row_bins": 2}).eval()
+    kd = loop.Distillation(teacher=teacher, loss=loss, alpha=1.0, beta=1.0)
+    cached = loop.Objective(student, kd, split, 16, torch.device("cpu"), teacher_cache_mb=100)
+    live = loop.Objective(student, kd, split, 16, torch.device("cpu"), teacher_cache_mb=0)
+    assert cached.cache.has_internals and not live.cache.has_internals
+    calls = []
+    hook = teacher.register_forward_hook(lambda *a: calls.append(1))
+    batch = next(split.batches(16, shuffle=True, generator=torch.Generator().manual_seed(5), n_negatives=8))
+    with torch.no_grad():
+        t_live = live.cache(batch, teacher(batch.inputs, replace(loss.teacher_request(), internals_only=True)))
+        n_live = len(calls)
+        t_cached = cached.cache(batch)
+    hook.remove()
+    assert n_live == 1 and len(calls) == 1  # the cached path runs no teacher pass
+    store = "attention" if level == "attention" else "post_attention"
+    for key, layers in getattr(t_live, store).items():
+        assert len(layers) == 1
+        for a, b in zip(layers, getattr(t_cached, store)[key]):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # the whole objective gives the same loss either way (student without dropout)
+    student.eval()
+    torch.testing.assert_close(cached(batch)[0], live(batch)[0], atol=1e-5, rtol=1e-5)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from mmdistill.data.dataset import Batch, SplitData, mask_inputs
 from mmdistill.distill.base import DistillLoss
 from mmdistill.io import atomic_path
-from mmdistill.models.outputs import NOTHING, ModelOutput
+from mmdistill.models.outputs import NOTHING, ModelOutput, Request
 from mmdistill.train.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class TrainConfig:
     threads: int = 1
     device: str = "auto"
     precision: str = "fp32"  # 'bf16': autocast forward passes to bfloat16 (GPU nodes)
+    teacher_cache_mb: float = 1024.0  # cache the teacher's distilled internals when they fit
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -104,44 +105,79 @@ def set_determinism(seed: int, threads: int, device: torch.device) -> None:
 class TeacherCache:
     """Teacher outputs for a whole split, computed once.
 
-    A frozen, eval-mode teacher gives the same logits and penultimate features for a sample
-    at every epoch, so output-level distillation runs the teacher once per data set instead of
-    once per step. The same holds for the masked-modality views some losses ask for
-    (:meth:`DistillLoss.teacher_views`).
+    A frozen, eval-mode teacher gives the same outputs for a sample at every epoch, so
+    distillation runs the teacher once per data set instead of once per step: its logits and
+    penultimate features, the masked-modality views some losses ask for
+    (:meth:`DistillLoss.teacher_views`), and -- when they fit in ``budget_mb`` (MB of the
+    cache's device memory) -- the attention scores and post-attention outputs of the
+    distilled transformers (``internals``). Internals that do not fit (MOSEI's full lengths:
+    several MB per sample) are left to a per-step pass of the teacher's distilled
+    transformers; :attr:`has_internals` tells which.
     """
 
     def __init__(self, teacher: nn.Module, split: SplitData, batch_size: int, device: torch.device,
-                 views: dict[str, tuple[str, ...]]):
+                 views: dict[str, tuple[str, ...]], internals: Request = NOTHING, budget_mb: float = 0.0):
         names = ["main"] + list(views)
         keep = {"main": tuple(split.inputs), **views}
         parts: dict[str, tuple[list, list]] = {n: ([], []) for n in names}
+        inner: list[ModelOutput] | None = None if internals.empty else []
+        request = replace(internals, internals_only=False)
         with torch.no_grad():
             for b in split.batches(batch_size):
                 inputs = b.to(device).inputs
                 for n in names:
-                    out = teacher(mask_inputs(inputs, keep[n]), NOTHING)
+                    out = teacher(mask_inputs(inputs, keep[n]), request if n == "main" and inner is not None else NOTHING)
                     parts[n][0].append(out.logits)
                     parts[n][1].append(out.penultimate)
+                    if n == "main" and inner is not None:
+                        if not inner:  # first batch: do all of them fit?
+                            need_mb = _internal_bytes(out) / len(b) * len(split) / 1e6
+                            fits = need_mb <= budget_mb
+                            log.info("teacher internals of the distilled transformers: %.0f MB for the split, "
+                                     "teacher_cache_mb=%g: %s", need_mb, budget_mb,
+                                     "cached once" if fits else "computed per step")
+                            if not fits:
+                                inner = None
+                                continue
+                        inner.append(ModelOutput(None, None, out.attention, out.post_attention))
         self.outputs = {n: (torch.cat(lg), torch.cat(pen)) for n, (lg, pen) in parts.items()}
         self.views = list(views)
+        self.attention = self.post_attention = None
+        if inner:
+            self.attention = {k: [torch.cat([o.attention[k][i] for o in inner]) for i in range(len(v))]
+                              for k, v in inner[0].attention.items()}
+            self.post_attention = {k: [torch.cat([o.post_attention[k][i] for o in inner]) for i in range(len(v))]
+                                   for k, v in inner[0].post_attention.items()}
+
+    @property
+    def has_internals(self) -> bool:
+        return self.attention is not None
 
     def __call__(self, batch: Batch, live: ModelOutput | None = None) -> ModelOutput:
-        """The cached outputs of ``batch``; with ``live`` (a per-batch pass of the teacher's
-        requested transformers only), its internals with the cached logits and views."""
+        """The cached outputs of ``batch``; internals from the cache or, with ``live`` (a
+        per-batch pass of the teacher's requested transformers only), from that pass."""
         idx = batch.index.to(self.outputs["main"][0].device)
         pick = lambda n: ModelOutput(self.outputs[n][0][idx], self.outputs[n][1][idx])  # noqa: E731
         out = pick("main")
-        if live is not None:
+        if self.has_internals:
+            out.attention = {k: [t[idx] for t in v] for k, v in self.attention.items()}
+            out.post_attention = {k: [t[idx] for t in v] for k, v in self.post_attention.items()}
+        elif live is not None:
             out.attention, out.post_attention = live.attention, live.post_attention
         out.views = {n: pick(n) for n in self.views}
         return out
+
+
+def _internal_bytes(out: ModelOutput) -> int:
+    tensors = [t for d in (out.attention, out.post_attention) for v in d.values() for t in v]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class Objective:
     """Computes the training loss of one batch: CE alone or eq. 1."""
 
     def __init__(self, model: nn.Module, kd: Distillation | None, train_split: SplitData,
-                 batch_size: int, device: torch.device):
+                 batch_size: int, device: torch.device, teacher_cache_mb: float = 0.0):
         self.model = model
         self.kd = kd
         self.cache = None
@@ -149,10 +185,12 @@ class Objective:
         if kd is not None:
             kd.teacher.eval().requires_grad_(False)
             self.student_request = kd.loss.student_request()
-            # per step, the teacher runs only the transformers the loss reads; its logits,
-            # penultimate features and masked-modality views come from a once-per-data-set cache
+            # logits, penultimate features, masked-modality views and (when they fit) the
+            # internals the loss reads come from a once-per-data-set cache; otherwise, per
+            # step, the teacher runs only the transformers the loss reads
             self.teacher_request = replace(kd.loss.teacher_request(), internals_only=True)
-            self.cache = TeacherCache(kd.teacher, train_split, batch_size, device, kd.loss.teacher_views())
+            self.cache = TeacherCache(kd.teacher, train_split, batch_size, device, kd.loss.teacher_views(),
+                                      internals=self.teacher_request, budget_mb=teacher_cache_mb)
 
     def __call__(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.model(batch.inputs, self.student_request)
@@ -160,7 +198,7 @@ class Objective:
         if self.kd is None:
             return ce, {"ce": ce.detach()}
         live = None
-        if not self.teacher_request.empty:
+        if not self.teacher_request.empty and not self.cache.has_internals:
             with torch.no_grad():
                 live = self.kd.teacher(batch.inputs, self.teacher_request).detach()
         t_out = self.cache(batch, live)
@@ -209,7 +247,7 @@ def train(
     if kd is not None:
         kd.teacher.to(device)
         kd.loss.to(device)
-    objective = Objective(model, kd, train_split, cfg.batch_size, device)
+    objective = Objective(model, kd, train_split, cfg.batch_size, device, cfg.teacher_cache_mb)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if kd is not None:
         trainable += [p for p in kd.loss.parameters() if p.requires_grad]
