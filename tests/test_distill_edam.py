@@ -180,3 +180,16 @@ def test_row_cross_entropy_matches_autograd_composite(temperature):
     wa, wb = torch.autograd.grad(want, (a, b))
     torch.testing.assert_close(ga, wa)
     torch.testing.assert_close(gb, wb)
+
+
+@pytest.mark.parametrize("learn", [False, True])
+def test_upsampler_matches_the_two_linear_maps(learn):
+    from mmdistill.distill.edam import Upsampler
+
+    g = torch.Generator().manual_seed(4)
+    for tq_t, tk_t, tq_s, tk_s in ((5, 3, 5, 7), (4, 6, 9, 6), (5, 5, 5, 5), (3, 2, 6, 4)):
+        up = Upsampler(tq_t, tk_t, tq_s, tk_s, learn)
+        x = torch.randn(2, 3, tq_t, tk_t, generator=g)
+        want = (up.w_q @ (x @ up.w_k.T + up.b_k)) + up.b_q[:, None]  # every axis, explicitly
+        torch.testing.assert_close(up(x), want)
+        assert up.skip_k == (not learn and tk_t == tk_s) and up.skip_q == (not learn and tq_t == tq_s)

@@ -80,6 +80,9 @@ class Upsampler(nn.Module):
 
     def __init__(self, tq_t: int, tk_t: int, tq_s: int, tk_s: int, learn: bool):
         super().__init__()
+        # a fixed axis of equal lengths is the identity (interpolation onto the same grid, zero
+        # bias) and is skipped
+        self.skip_k, self.skip_q = (not learn and tk_t == tk_s), (not learn and tq_t == tq_s)
         tensors = {
             "w_k": interpolation_matrix(tk_t, tk_s),  # (Tk_s, Tk_t)
             "b_k": torch.zeros(tk_s),
@@ -93,9 +96,10 @@ class Upsampler(nn.Module):
                 self.register_buffer(name, x)
 
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
-        x = F.linear(scores, self.w_k, self.b_k)  # (B, H, Tq_t, Tk_s)
-        x = F.linear(x.transpose(-1, -2), self.w_q, self.b_q)  # (B, H, Tk_s, Tq_s)
-        return x.transpose(-1, -2)  # (B, H, Tq_s, Tk_s)
+        x = scores if self.skip_k else F.linear(scores, self.w_k, self.b_k)  # (B, H, Tq_t, Tk_s)
+        if not self.skip_q:
+            x = torch.matmul(self.w_q, x) + self.b_q[:, None]  # (B, H, Tq_s, Tk_s)
+        return x
 
 
 def log_maps(scores: torch.Tensor, temperature: float, average_heads: bool) -> torch.Tensor:
