@@ -237,7 +237,116 @@ def bench(default_model: dict[str, Any], default_lengths: dict[str, int], batch_
     return result
 
 
+# ---------------------------------------------------------------------- cost of each Table 1 row
+def row_costs(reg, epochs: int = 3, threads: int | None = None, log=print) -> dict[str, Any]:
+    """Training cost of every student row of the registry against a no-KD student.
+
+    Each row trains for ``epochs`` epochs through the pipeline's own loop
+    (:func:`mmdistill.train.loop.train`) with its own loss and options, one row at a time in
+    this process, on random data of the synthetic data set's sizes and the configured lengths,
+    distilling from a freshly initialized teacher of its teacher run's architecture (cost does
+    not depend on the weights). Per row: the median epoch time (training steps plus the
+    validation pass) and the one-time set-up (loss construction and the teacher's
+    once-per-data-set outputs). Each row is compared with a no-KD student of the *same*
+    student architecture (the 9-transformer student of configuration 1 and EDAM-T's
+    full-length proxies are larger than the 3-transformer no-KD row; such a baseline is timed
+    here even if it is not a row) and with the registry's no-KD row.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from mmdistill.experiment import blueprint, build_from_blueprint, make_distillation
+    from mmdistill.registry import Run, params_hash
+    from mmdistill.train.loop import TrainConfig, train
+
+    tp = dict(reg.params["train"])
+    threads = threads or tp["threads"]
+    cfg = TrainConfig.from_dict({**tp, "epochs": epochs, "early_stop": epochs + 1, "lr_patience": epochs + 1,
+                                 "threads": threads})
+    lengths = dict(reg.params["data"]["lengths"])
+    syn = reg.params["data"]["synthetic"]
+    train_split = random_split(lengths, syn["n_train"], seed=1)
+    valid_split = random_split(lengths, syn["n_valid"], seed=2)
+    seed = reg.seeds[0]
+
+    def time_one(run: Run | None, bp: dict[str, Any], label: str, tmp: Path) -> dict[str, Any]:
+        torch.manual_seed(0)
+        student = build_from_blueprint(bp)
+        t0 = time.perf_counter()
+        kd = None
+        if run is not None:
+            teacher_bp = blueprint(reg, reg.teacher_run(run)) if reg.spec(run).distils else None
+            teacher = build_from_blueprint(teacher_bp).eval() if teacher_bp else None
+            kd = make_distillation(reg, run, student, train_split, valid_split, cfg.batch_size, teacher=teacher)
+        result = train(student, train_split, valid_split, cfg, seed=seed, run_label=label,
+                       resume_path=tmp / f"{label}.pt", config_hash=label, kd=kd, progress=False)
+        wall = time.perf_counter() - t0
+        per_epoch = [h["seconds"] for h in result.history]
+        return {"epoch_s": statistics.median(per_epoch), "setup_s": wall - sum(per_epoch),
+                "parameters": count_parameters(student)}
+
+    out: dict[str, Any] = {"epochs": epochs, "threads": threads, "n_train": syn["n_train"],
+                           "n_valid": syn["n_valid"], "lengths": lengths, "batch_size": cfg.batch_size,
+                           "rows": {}, "baselines": {}}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        arch_of: dict[str, str] = {}
+        for name in reg.students:
+            run = Run("student", name, seed)
+            bp = blueprint(reg, run)
+            arch = params_hash(bp)
+            arch_of[name] = arch
+            r = time_one(run, bp, name, tmp)
+            spec = reg.spec(run)
+            r.update(method=spec.method, level=spec.level, configuration=spec.configuration, architecture=arch)
+            out["rows"][name] = r
+            if not spec.distils:
+                out["baselines"].setdefault(arch, {"row": name, **r})
+            log(f"[rows] {name}: {r['epoch_s']:.2f} s/epoch, set-up {r['setup_s']:.2f} s")
+        for name, arch in arch_of.items():
+            if arch not in out["baselines"]:
+                bp = blueprint(reg, Run("student", name, seed))
+                r = time_one(None, bp, f"nokd_{arch[:8]}", tmp)
+                out["baselines"][arch] = {"row": None, "like": name, **r}
+                log(f"[rows] no-KD student shaped like {name}: {r['epoch_s']:.2f} s/epoch")
+    nokd_rows = [n for n, r in out["rows"].items() if r["method"] == "none"]
+    main_nokd = out["rows"][nokd_rows[0]]["epoch_s"] if nokd_rows else None
+    for name, r in out["rows"].items():
+        base = out["baselines"][r["architecture"]]
+        r["over_same_architecture_nokd"] = r["epoch_s"] / base["epoch_s"]
+        r["over_nokd_row"] = r["epoch_s"] / main_nokd if main_nokd else None
+    return out
+
+
+def rows_markdown(r: dict[str, Any]) -> str:
+    lines = [
+        f"Training cost per row: median of {r['epochs']} epochs ({r['n_train']} training and {r['n_valid']} "
+        f"validation samples, lengths {r['lengths']}, batch {r['batch_size']}, {r['threads']} thread(s)).",
+        "",
+        "| Row | Method | Level | Parameters | s/epoch | Set-up (s) | vs no-KD, same architecture | vs no-KD row |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, x in r["rows"].items():
+        vs = "–" if x["over_nokd_row"] is None else f"{x['over_nokd_row']:.2f}x"
+        lines.append(f"| {name} | {x['method']} | {x['level'] or '–'} | {x['parameters']:,} | {x['epoch_s']:.2f} | "
+                     f"{x['setup_s']:.2f} | {x['over_same_architecture_nokd']:.2f}x | {vs} |")
+    extra = [b for b in r["baselines"].values() if b["row"] is None]
+    for b in extra:
+        lines.append(f"| (no-KD student shaped like {b['like']}) | none | – | {b['parameters']:,} | {b['epoch_s']:.2f} | "
+                     f"{b['setup_s']:.2f} | 1.00x | – |")
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(r: dict[str, Any]) -> str:
+    parts = []
+    if "settings" in r:
+        parts.append(steps_markdown(r))
+    if "row_costs" in r:
+        parts.append(rows_markdown(r["row_costs"]))
+    return "\n".join(parts)
+
+
+def steps_markdown(r: dict[str, Any]) -> str:
     lines = [
         f"Measured on {r['device']} ({r['processor']}, {r['threads']} threads, torch {r['torch']}); "
         f"float32 matmul 2048^3: **{r['matmul_gflops']:.1f} GFLOP/s**.",

@@ -120,13 +120,17 @@ def cmd_robustness(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from mmdistill.bench import bench, to_markdown
+    from mmdistill.bench import bench, row_costs, to_markdown
     from mmdistill.io import write_json, write_text
 
     reg = _registry(args)
-    r = bench(reg.params["model"], dict(reg.params["data"]["lengths"]), reg.params["train"]["batch_size"],
-              device_name=reg.params["train"]["device"], threads=args.threads, full=not args.no_full,
-              full_steps=args.full_steps, log=log.info)
+    r: dict = {}
+    if args.what in ("steps", "all"):
+        r = bench(reg.params["model"], dict(reg.params["data"]["lengths"]), reg.params["train"]["batch_size"],
+                  device_name=reg.params["train"]["device"], threads=args.threads, full=not args.no_full,
+                  full_steps=args.full_steps, log=log.info)
+    if args.what in ("rows", "all"):
+        r["row_costs"] = row_costs(reg, epochs=args.row_epochs, log=log.info)
     out = Path(args.out)
     write_json(out.with_suffix(".json"), r)
     write_text(out.with_suffix(".md"), to_markdown(r))
@@ -160,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     b.add_argument("--no-full", action="store_true", help="skip MOSEI's full lengths")
     b.add_argument("--full-steps", type=int, default=2, help="timed steps at full length")
+    b.add_argument("--what", choices=["steps", "rows", "all"], default="all",
+                   help="steps: step cost and latency cases; rows: every student row's training cost; all: both")
+    b.add_argument("--row-epochs", type=int, default=3, help="epochs timed per row (median reported)")
     b.set_defaults(func=cmd_bench)
     return p
 

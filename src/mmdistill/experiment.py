@@ -76,11 +76,15 @@ def load_data(reg: Registry) -> dict[str, SplitData]:
 
 # ---------------------------------------------------------------------- training
 def make_distillation(reg: Registry, run: Run, student: nn.Module, train_split: SplitData,
-                      valid_split: SplitData, batch_size: int) -> Distillation | None:
+                      valid_split: SplitData, batch_size: int, teacher: nn.Module | None = None
+                      ) -> Distillation | None:
+    """The run's distillation (None for teachers and no-KD students). The teacher is the
+    trained checkpoint of the run's teacher run unless one is given."""
     spec = reg.spec(run)
     if run.role != "student" or not spec.distils:
         return None
-    teacher = load_model(reg.checkpoint(reg.teacher_run(run)))
+    if teacher is None:
+        teacher = load_model(reg.checkpoint(reg.teacher_run(run)))
     teacher.requires_grad_(False)
     example = next(train_split.batches(min(batch_size, len(train_split))))
 
