@@ -42,3 +42,22 @@ def test_flop_counter_counts_fused_attention_on_cpu():
         F.scaled_dot_product_attention(q, k, v).sum().backward()
     one_product = 2 * B * H * Tq * Tk * dh
     assert counter.get_total_flops() == (2 + 5) * one_product  # forward 2 products, backward 5
+
+
+def test_row_costs_cover_every_student_row_against_a_same_architecture_baseline(params):
+    from mmdistill.bench import row_costs, rows_markdown
+    from mmdistill.registry import Registry
+
+    reg = Registry(params)
+    r = row_costs(reg, epochs=1, log=lambda *a: None)
+    assert set(r["rows"]) == set(reg.students)
+    for name, x in r["rows"].items():
+        assert x["epoch_s"] > 0 and x["over_same_architecture_nokd"] > 0
+        base = r["baselines"][x["architecture"]]
+        assert base["parameters"] == x["parameters"]  # the baseline has the row's architecture
+    assert r["rows"]["nokd"]["over_same_architecture_nokd"] == 1.0
+    # the 9-transformer student of configuration 1 gets a no-KD baseline of its own size
+    c1 = [n for n in reg.students if reg.students[n].configuration == "complete"]
+    assert c1 and all(r["baselines"][r["rows"][n]["architecture"]]["row"] is None for n in c1)
+    md = rows_markdown(r)
+    assert all(f"| {n} |" in md for n in reg.students)
