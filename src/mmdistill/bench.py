@@ -11,7 +11,9 @@
 * peak memory (CUDA: ``max_memory_allocated``; CPU: growth of the process's peak RSS while
   the case runs, each case in a fresh subprocess so the peaks do not mask each other);
 
-at the configured (default) sizes and at MOSEI's full lengths with the paper-size model.
+at the configured (default) sizes and at MOSEI's full lengths with the paper-size model;
+and (``--what rows``) the training cost of every student row of the registry through the
+pipeline's own loop, against a no-KD student of the same architecture (:func:`row_costs`).
 Results go to ``results/bench.json`` and ``results/bench.md``.
 """
 
@@ -48,6 +50,7 @@ class Setting:
     lengths: dict[str, int]
     batch_size: int
     steps: int
+    teacher_cache_mb: float = 0.0  # as train.teacher_cache_mb: cache the teacher's maps if they fit
 
 
 def random_split(lengths: dict[str, int], n: int, seed: int = 0) -> SplitData:
@@ -81,7 +84,7 @@ def build_case(case: str, s: Setting, split: SplitData, device: torch.device):
                          n_data=len(split), probe=probe)
     loss = build_loss(method, ctx, {}).to(device)
     kd = Distillation(teacher=teacher, loss=loss, alpha=1.0, beta=1.0)
-    return student, Objective(student, kd, split, s.batch_size, device)
+    return student, Objective(student, kd, split, s.batch_size, device, s.teacher_cache_mb)
 
 
 def flop_counter():
@@ -148,7 +151,8 @@ def run_case(case: str, s: Setting, device_name: str, threads: int) -> dict[str,
     step = statistics.median(times)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
-    return {"step_s": step, "steps_timed": len(times), "flops_per_step": flops,
+    cached = objective.cache.has_internals if objective.cache is not None else None
+    return {"step_s": step, "steps_timed": len(times), "flops_per_step": flops, "teacher_maps_cached": cached,
             "gflops_per_s": flops / step / 1e9, "peak_mem_mb": peak, "parameters": count_parameters(model)}
 
 
@@ -204,13 +208,14 @@ def latency(s: Setting, device: torch.device, repeats: int) -> dict[str, Any]:
 
 def bench(default_model: dict[str, Any], default_lengths: dict[str, int], batch_size: int, *,
           device_name: str = "auto", threads: int | None = None, full: bool = True,
-          full_steps: int = 2, steps: int = 10, log=print) -> dict[str, Any]:
+          full_steps: int = 2, steps: int = 10, teacher_cache_mb: float = 0.0, log=print) -> dict[str, Any]:
     device = torch.device(device_name if device_name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    settings = [Setting("default", default_model, default_lengths, batch_size, steps)]
+    settings = [Setting("default", default_model, default_lengths, batch_size, steps, teacher_cache_mb)]
     if full:
-        settings.append(Setting("full", {**default_model, **PAPER_PRESET}, FULL_LENGTHS, 16, full_steps))
+        settings.append(Setting("full", {**default_model, **PAPER_PRESET}, FULL_LENGTHS, 16, full_steps,
+                                teacher_cache_mb))
     result: dict[str, Any] = {
         "device": str(device), "threads": threads, "torch": torch.__version__,
         "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
@@ -218,7 +223,8 @@ def bench(default_model: dict[str, Any], default_lengths: dict[str, int], batch_
     }
     log(f"matmul 2048x2048 fp32: {result['matmul_gflops']:.1f} GFLOP/s on {device} ({threads} threads)")
     for s in settings:
-        entry: dict[str, Any] = {"model": s.model, "lengths": s.lengths, "batch_size": s.batch_size, "train_step": {}}
+        entry: dict[str, Any] = {"model": s.model, "lengths": s.lengths, "batch_size": s.batch_size,
+                                 "teacher_cache_mb": s.teacher_cache_mb, "train_step": {}}
         for case in CASES:
             r = run_isolated(case, s, str(device), threads)
             r["fraction_of_matmul"] = r["gflops_per_s"] / result["matmul_gflops"]
@@ -358,6 +364,11 @@ def steps_markdown(r: dict[str, Any]) -> str:
         for case, c in e["train_step"].items():
             lines.append(f"| {name} | {case} | {1000 * c['step_s']:.1f} | {c['gflops_per_s']:.1f} | "
                          f"{100 * c['fraction_of_matmul']:.1f} | {c['peak_mem_mb']:.0f} | {c['parameters']:,} |")
+    for name, e in r["settings"].items():
+        cached = e["train_step"]["student_attention_kd"].get("teacher_maps_cached")
+        lines.append(f"\n{name}: the attention-KD student's teacher maps are "
+                     + ("cached once per data set (they fit teacher_cache_mb)" if cached
+                        else "computed per step (they do not fit teacher_cache_mb)") + ".")
     lines += ["", "| Setting | Lengths V/A/L | Batch | Teacher b1 (ms) | Student b1 (ms) | Student/teacher b1 | "
               "Teacher b32 (ms) | Student b32 (ms) | Attn-KD step / no-KD step |", "|---|---|---|---|---|---|---|---|---|"]
     for name, e in r["settings"].items():

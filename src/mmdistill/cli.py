@@ -12,7 +12,8 @@ Steps:
     profile    parameters and inference latency of every architecture
     report     Table 1 (CSV + Markdown, paired tests against the no-KD student) and figures
     robustness teachers with modalities missing (zeroed or mean-filled) beside the students
-    bench      training-step and inference cost, side by side (results/bench.json, .md)
+    bench      training-step and inference cost, side by side, and every row's training cost
+               (results/bench.json, .md)
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def cmd_bench(args) -> int:
     if args.what in ("steps", "all"):
         r = bench(reg.params["model"], dict(reg.params["data"]["lengths"]), reg.params["train"]["batch_size"],
                   device_name=reg.params["train"]["device"], threads=args.threads, full=not args.no_full,
-                  full_steps=args.full_steps, log=log.info)
+                  full_steps=args.full_steps, teacher_cache_mb=reg.params["train"]["teacher_cache_mb"], log=log.info)
     if args.what in ("rows", "all"):
         r["row_costs"] = row_costs(reg, epochs=args.row_epochs, log=log.info)
     out = Path(args.out)

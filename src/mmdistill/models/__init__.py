@@ -1,7 +1,7 @@
 """Models: transformer blocks, the MulT-style teacher, the unimodal student.
 
     config.py          ModelConfig (sizes, dropouts), PAPER_PRESET
-    transformer.py     fused attention (plus its scores on request), encoder layer and stack
+    transformer.py     attention (fused, or explicit with scores), encoder layer and stack
     teacher.py         MulTTeacher and the parts it shares with the student
     student.py         UnimodalStudent (one input, own stream + two proxy streams)
     configurations.py  the five student-teacher configurations of paper 002 (section 4.2)

@@ -5,15 +5,14 @@ Follows the encoder of MulT (Tsai et al., ACL 2019; yaohungt/Multimodal-Transfor
 sinusoidal positions, embedding dropout, pre-LayerNorm layers, a final LayerNorm. Two
 changes serve distillation (paper 002, eqs. 3, 8 and 10):
 
-* attention always runs through PyTorch's fused ``scaled_dot_product_attention``; when the
-  caller asks for the scores, the per-head, pre-softmax scores ``(B, H, Tq, Tk)`` are computed
-  beside it by one batched product ``(Q / sqrt(d_k)) K^T`` and returned (MulT returns
-  post-softmax weights averaged over heads and its layer discards them). A loss on the scores
-  sends its gradient through Q and K exactly as through the attention's own scores, and the
-  attention keeps the fused kernel's speed and memory: at MOSEI lengths the fused forward and
-  backward plus the separate scores cost about 0.65x of an explicit
-  ``softmax(Q K^T / sqrt(d_k)) V`` that materializes the map for both uses. (With attention
-  dropout, PyTorch's CPU kernel itself falls back to the explicit computation.)
+* attention runs through PyTorch's fused ``scaled_dot_product_attention`` unless the caller
+  asks for the scores, in which case the explicit ``softmax(Q K^T / sqrt(d_k)) V`` is
+  computed once for both uses and the per-head, pre-softmax scores ``(B, H, Tq, Tk)`` are
+  returned (MulT returns post-softmax weights averaged over heads and its layer discards
+  them). The scale goes on ``Q`` rather than on the ``Tq x Tk`` scores (one pass less over
+  the map, forward and backward). Measured against the fused kernel plus a separate
+  ``Q K^T`` for the scores: no faster at MOSEI's 500 x 500 maps and slower at smaller ones
+  with one thread, so the map is materialized once;
 * each layer returns its attention module's output (after the output projection), the
   "post-attention" features of paper 002's eq. 4.
 
@@ -128,13 +127,12 @@ class MultiHeadAttention(nn.Module):
         k, v = self.kv_proj(x_kv).chunk(2, dim=-1)
         k, v = self._heads(k), self._heads(v)  # (B, H, Tk, dh)
         p = self.dropout if self.training else 0.0
-        if _EXPLICIT:
-            scores = attention_scores(q, k)
+        if want_scores or _EXPLICIT:
+            scores = attention_scores(q, k)  # (B, H, Tq, Tk)
             probs = F.dropout(scores.softmax(dim=-1), p=p, training=p > 0)
             y, scores = probs @ v, (scores if want_scores else None)
         else:
-            y = fused_attention(q, k, v, p)
-            scores = attention_scores(q, k) if want_scores else None
+            y, scores = fused_attention(q, k, v, p), None
         y = y.transpose(1, 2).reshape(B, Tq, self.width)  # (B, Tq, d)
         return self.out_proj(y), scores
 
