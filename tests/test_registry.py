@@ -97,3 +97,20 @@ def test_override_files_deep_merge(tmp_path):
     reg = Registry.from_file(ROOT / "params.yaml", overrides=[extra])
     assert reg.params["train"]["epochs"] == 99
     assert reg.params["train"]["batch_size"] == yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["batch_size"]
+
+
+def test_no_pipeline_output_is_committed():
+    """A committed output (Table 1, figures, profile, robustness, any run) would make a fresh
+    clone's `snakemake --cores 4 results/table1.csv` take it as up to date and run nothing."""
+    import shutil
+    import subprocess
+
+    if not (ROOT / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    reg = Registry.from_file(ROOT / "params.yaml")
+    outputs = [reg.profile(), reg.table("csv"), reg.table("md"), reg.figures_dir(), reg.robustness("csv"),
+               reg.robustness("md"), reg.prepared()]
+    outputs += [reg.run_dir(r) for r in reg.runs()]
+    tracked = subprocess.run(["git", "ls-files", "--", *map(str, outputs)], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert tracked == []
