@@ -280,9 +280,8 @@ def row_costs(reg, epochs: int = 3, threads: int | None = None, log=print) -> di
         student = build_from_blueprint(bp)
         t0 = time.perf_counter()
         kd = None
-        if run is not None:
-            teacher_bp = blueprint(reg, reg.teacher_run(run)) if reg.spec(run).distils else None
-            teacher = build_from_blueprint(teacher_bp).eval() if teacher_bp else None
+        if run is not None and reg.spec(run).distils:
+            teacher = build_from_blueprint(blueprint(reg, reg.teacher_run(run))).eval()
             kd = make_distillation(reg, run, student, train_split, valid_split, cfg.batch_size, teacher=teacher)
         result = train(student, train_split, valid_split, cfg, seed=seed, run_label=label,
                        resume_path=tmp / f"{label}.pt", config_hash=label, kd=kd, progress=False)

@@ -120,34 +120,34 @@ class TeacherCache:
         names = ["main"] + list(views)
         keep = {"main": tuple(split.inputs), **views}
         parts: dict[str, tuple[list, list]] = {n: ([], []) for n in names}
-        inner: list[ModelOutput] | None = None if internals.empty else []
-        request = replace(internals, internals_only=False)
+        inner: list[ModelOutput] = []  # per batch, the main pass's internals while they fit
+        want_inner = not internals.empty
         with torch.no_grad():
             for b in split.batches(batch_size):
                 inputs = b.to(device).inputs
                 for n in names:
-                    out = teacher(mask_inputs(inputs, keep[n]), request if n == "main" and inner is not None else NOTHING)
+                    with_inner = n == "main" and want_inner
+                    out = teacher(mask_inputs(inputs, keep[n]),
+                                  replace(internals, internals_only=False) if with_inner else NOTHING)
                     parts[n][0].append(out.logits)
                     parts[n][1].append(out.penultimate)
-                    if n == "main" and inner is not None:
-                        if not inner:  # first batch: do all of them fit?
-                            need_mb = _internal_bytes(out) / len(b) * len(split) / 1e6
-                            fits = need_mb <= budget_mb
-                            log.info("teacher internals of the distilled transformers: %.0f MB for the split, "
-                                     "teacher_cache_mb=%g: %s", need_mb, budget_mb,
-                                     "cached once" if fits else "computed per step")
-                            if not fits:
-                                inner = None
-                                continue
-                        inner.append(ModelOutput(None, None, out.attention, out.post_attention))
+                    if with_inner:
+                        if not inner:  # first batch: decide for the whole split
+                            want_inner = self._fits(out, len(b), len(split), budget_mb)
+                        if want_inner:
+                            inner.append(out)
         self.outputs = {n: (torch.cat(lg), torch.cat(pen)) for n, (lg, pen) in parts.items()}
         self.views = list(views)
-        self.attention = self.post_attention = None
-        if inner:
-            self.attention = {k: [torch.cat([o.attention[k][i] for o in inner]) for i in range(len(v))]
-                              for k, v in inner[0].attention.items()}
-            self.post_attention = {k: [torch.cat([o.post_attention[k][i] for o in inner]) for i in range(len(v))]
-                                   for k, v in inner[0].post_attention.items()}
+        self.attention = _concat([o.attention for o in inner]) if want_inner else None
+        self.post_attention = _concat([o.post_attention for o in inner]) if want_inner else None
+
+    @staticmethod
+    def _fits(out: ModelOutput, batch: int, n: int, budget_mb: float) -> bool:
+        need_mb = _internal_bytes(out) / batch * n / 1e6
+        fits = need_mb <= budget_mb
+        log.info("teacher internals of the distilled transformers: %.0f MB for the split, teacher_cache_mb=%g: %s",
+                 need_mb, budget_mb, "cached once" if fits else "computed per step")
+        return fits
 
     @property
     def has_internals(self) -> bool:
@@ -160,12 +160,20 @@ class TeacherCache:
         pick = lambda n: ModelOutput(self.outputs[n][0][idx], self.outputs[n][1][idx])  # noqa: E731
         out = pick("main")
         if self.has_internals:
-            out.attention = {k: [t[idx] for t in v] for k, v in self.attention.items()}
-            out.post_attention = {k: [t[idx] for t in v] for k, v in self.post_attention.items()}
+            out.attention, out.post_attention = _rows(self.attention, idx), _rows(self.post_attention, idx)
         elif live is not None:
             out.attention, out.post_attention = live.attention, live.post_attention
         out.views = {n: pick(n) for n in self.views}
         return out
+
+
+def _concat(stores: list[dict[str, list[torch.Tensor]]]) -> dict[str, list[torch.Tensor]]:
+    """Per-batch {name: [per-layer tensor]} -> one {name: [per-layer tensor over all batches]}."""
+    return {k: [torch.cat(layer) for layer in zip(*(s[k] for s in stores))] for k in stores[0]} if stores else {}
+
+
+def _rows(store: dict[str, list[torch.Tensor]], idx: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    return {k: [t[idx] for t in layers] for k, layers in store.items()}
 
 
 def _internal_bytes(out: ModelOutput) -> int:
