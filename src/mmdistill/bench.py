@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from mmdistill.allocator import keep_freed_memory
 from mmdistill.data.dataset import SplitData
 from mmdistill.distill.base import DistillContext, build_loss
 from mmdistill.modalities import FEATURE_DIM, MODALITIES
@@ -122,6 +123,7 @@ def step_flops(objective: Objective, model, batch) -> int:
 
 def run_case(case: str, s: Setting, device_name: str, threads: int) -> dict[str, Any]:
     """Time ``s.steps`` training steps of one case (after one warm-up step)."""
+    kept = keep_freed_memory()  # as every pipeline command (a spawned child starts with glibc's defaults)
     torch.set_num_threads(threads)
     device = torch.device(device_name)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -153,6 +155,7 @@ def run_case(case: str, s: Setting, device_name: str, threads: int) -> dict[str,
             else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
     cached = objective.cache.has_internals if objective.cache is not None else None
     return {"step_s": step, "steps_timed": len(times), "flops_per_step": flops, "teacher_maps_cached": cached,
+            "freed_memory_kept": kept,
             "gflops_per_s": flops / step / 1e9, "peak_mem_mb": peak, "parameters": count_parameters(model)}
 
 
@@ -355,6 +358,10 @@ def steps_markdown(r: dict[str, Any]) -> str:
     lines = [
         f"Measured on {r['device']} ({r['processor']}, {r['threads']} threads, torch {r['torch']}); "
         f"float32 matmul 2048^3: **{r['matmul_gflops']:.1f} GFLOP/s**.",
+        "",
+        "Freed host memory kept for reuse (mmdistill.allocator): "
+        + ", ".join(sorted({"yes" if c.get("freed_memory_kept") else "no"
+                            for e in r["settings"].values() for c in e["train_step"].values()})) + ".",
         "",
         "| Setting | Case | Step (ms) | GFLOP/s | % of matmul | Peak mem. (MB) | Parameters |",
         "|---|---|---|---|---|---|---|",
