@@ -21,11 +21,17 @@ PAIRS = ("V<-A", "V<-L")
 def _out(B=4, C=7, P=6, L=2, H=2, Tq=6, Tk=6, d=4, grad=False, seed=0):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g).requires_grad_(grad)  # noqa: E731
+    att = {p: [r(B, H, Tq, Tk) for _ in range(L)] for p in PAIRS}
     return ModelOutput(
-        r(B, C), r(B, P),
-        {p: [r(B, H, Tq, Tk) for _ in range(L)] for p in PAIRS},
-        {p: [r(B, Tq, d) for _ in range(L)] for p in PAIRS},
+        r(B, C), r(B, P), attention=att, maps={p: [x.softmax(-1) for x in v] for p, v in att.items()},
+        post_attention={p: [r(B, Tq, d) for _ in range(L)] for p in PAIRS},
     )
+
+
+def _remap(out):
+    """The same output with its maps computed afresh from its scores (a new graph per pass)."""
+    return ModelOutput(out.logits, out.penultimate, attention=out.attention, post_attention=out.post_attention,
+                       maps={p: [x.softmax(-1) for x in v] for p, v in out.attention.items()})
 
 
 def _ctx(level, s, t, n_data=50, pairs=PAIRS):
@@ -202,7 +208,7 @@ def test_negatives_are_checked():
 def test_requests_options_and_levels():
     s, t = _out(), _out()
     for level, want in (("final", NOTHING), ("penultimate", NOTHING),
-                        ("attention", Request(attention=frozenset(["V<-A"]))),
+                        ("attention", Request(maps=frozenset(["V<-A"]))),
                         ("post_attention", Request(post_attention=frozenset(["V<-A"])))):
         loss = build_loss("crd", _ctx(level, s, t, pairs=("V<-A",)), SMALL)
         assert loss.student_request() == want and loss.teacher_request() == want
@@ -263,13 +269,13 @@ def test_training_step_backward_sees_the_banks_before_their_update(K):
     frozen = copy.deepcopy(train).eval()  # same heads, banks and (unset) Z; never updates
     before = train.units["V<-A"].memory.bank_s.clone()
     batch = _batch(4, K)
-    v = train(s, t, batch)
+    v = train(_remap(s), t, batch)
     v.backward()  # the step's update waits until this backward pass is done
     assert torch.equal(before, train.units["V<-A"].memory.bank_s)
     got = [x.grad.clone() for x in s.attention["V<-A"]]
     for x in s.attention["V<-A"] + s.attention["V<-L"]:
         x.grad = None
-    w = frozen(s, t, batch)
+    w = frozen(_remap(s), t, batch)
     w.backward()
     assert torch.allclose(v, w)
     assert all(torch.allclose(a, x.grad) for a, x in zip(got, s.attention["V<-A"]))
@@ -299,18 +305,18 @@ def test_deferred_update_matches_immediate_update(K):
     deferred = build_loss("crd", _ctx("attention", s, t), {**SMALL, "nce_k": K}).train()
     immediate = copy.deepcopy(deferred)
     b1, b2 = _batch(4, K, seed=1), _batch(4, K, seed=2)
-    deferred(s, t, b1).backward()
+    deferred(_remap(s), t, b1).backward()
     for x in s.attention["V<-A"] + s.attention["V<-L"]:
         x.grad = None
-    v2 = deferred(s, t, b2)
+    v2 = deferred(_remap(s), t, b2)
     v2.backward()
     got = [x.grad.clone() for x in s.attention["V<-A"]]
     for x in s.attention["V<-A"] + s.attention["V<-L"]:
         x.grad = None
-    immediate(s, t, b1)
+    immediate(_remap(s), t, b1)
     for unit in immediate.units.values():
         unit.memory.flush()  # applied at once, before any backward pass
-    w2 = immediate(s, t, b2)
+    w2 = immediate(_remap(s), t, b2)
     w2.backward()
     assert torch.allclose(v2, w2)
     assert all(torch.allclose(a, x.grad) for a, x in zip(got, s.attention["V<-A"]))
@@ -319,7 +325,7 @@ def test_deferred_update_matches_immediate_update(K):
 def test_second_forward_before_backward_is_an_error_not_a_silent_mistake():
     s, t = _out(grad=True, seed=9), _out(seed=10)
     loss = build_loss("crd", _ctx("attention", s, t), {**SMALL, "nce_k": 30}).train()
-    first = loss(s, t, _batch(4, 30, seed=1))
-    loss(s, t, _batch(4, 30, seed=2))  # applies the first step's update in place
+    first = loss(_remap(s), t, _batch(4, 30, seed=1))
+    loss(_remap(s), t, _batch(4, 30, seed=2))  # applies the first step's update in place
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         first.backward()

@@ -24,8 +24,9 @@ def _out(B=3, L=2, H=2, Tq=5, Tk=4, d=6, grad=False, seed=0):
 
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g).requires_grad_(grad)  # noqa: E731
-    return ModelOutput(r(B, 7), r(B, 4), {p: [r(B, H, Tq, Tk) for _ in range(L)] for p in PAIRS},
-                       {p: [r(B, Tq, d) for _ in range(L)] for p in PAIRS})
+    att = {p: [r(B, H, Tq, Tk) for _ in range(L)] for p in PAIRS}
+    return ModelOutput(r(B, 7), r(B, 4), attention=att, maps={p: [x.softmax(-1) for x in v] for p, v in att.items()},
+                       post_attention={p: [r(B, Tq, d) for _ in range(L)] for p in PAIRS})
 
 
 def _ctx(s, t, pairs=PAIRS, level="attention"):
@@ -45,14 +46,14 @@ def test_layer_map():
 
 
 def test_attention_distance_zero_at_equality_and_formula():
-    s = torch.randn(2, 3, 4, 5)
+    s = torch.randn(2, 3, 4, 5).softmax(-1)
     assert attention_distance(s, s.clone()).item() < 1e-12
-    t = torch.randn(2, 3, 4, 5)
-    want = ((s.softmax(-1) - t.softmax(-1)) ** 2).sum(-1).mean()
+    t = torch.randn(2, 3, 4, 5).softmax(-1)
+    want = ((s - t) ** 2).sum(-1).mean()
     assert math.isclose(attention_distance(s, t).item(), want.item(), rel_tol=1e-6)
     # different head counts: head-averaged maps
-    t1 = torch.randn(2, 1, 4, 5)
-    want = ((s.softmax(-1).mean(1) - t1.softmax(-1)[:, 0]) ** 2).sum(-1).mean()
+    t1 = torch.randn(2, 1, 4, 5).softmax(-1)
+    want = ((s.mean(1) - t1[:, 0]) ** 2).sum(-1).mean()
     assert math.isclose(attention_distance(s, t1).item(), want.item(), rel_tol=1e-6)
 
 

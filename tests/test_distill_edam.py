@@ -14,8 +14,9 @@ PAIRS = ("V<-A", "V<-L")
 
 
 def _out(att, B=3):
-    """att: pair -> list over layers of (B, H, Tq, Tk) scores."""
-    return ModelOutput(torch.zeros(B, 7), torch.zeros(B, 4), att, {})
+    """att: pair -> list over layers of (B, H, Tq, Tk) scores; the maps are their softmax, as a model's."""
+    return ModelOutput(torch.zeros(B, 7), torch.zeros(B, 4), attention=att,
+                       maps={p: [x.softmax(-1) for x in v] for p, v in att.items()})
 
 
 def _scores(B=3, H=2, L=2, Tq=5, Tk=4, seed=0, grad=False, pairs=PAIRS):
@@ -144,8 +145,15 @@ def test_variant_s_rejects_mismatched_shapes():
 def test_contract_and_options():
     s = _out(_scores(pairs=("V<-A", "V<-L", "A<-V")))
     loss = build_loss("edam", _ctx(s, s, pairs=("V<-L",)), {})
-    want = Request(attention=frozenset(["V<-L"]))
-    assert loss.student_request() == want and loss.teacher_request() == want
+    pair = frozenset(["V<-L"])
+    # default: the student's scores and maps, the teacher's maps (no softmax of the loss's own)
+    assert loss.student_request() == Request(attention=pair, maps=pair)
+    assert loss.teacher_request() == Request(maps=pair)
+    # EDAM-T up-samples the teacher's scores; a temperature needs the scores on both sides
+    t_var = build_loss("edam", _ctx(s, s, pairs=("V<-L",)), {"variant": "T"})
+    assert t_var.student_request() == Request(attention=pair, maps=pair) and t_var.teacher_request() == Request(attention=pair)
+    warm = build_loss("edam", _ctx(s, s, pairs=("V<-L",)), {"temperature": 2.0})
+    assert warm.student_request() == warm.teacher_request() == Request(attention=pair)
     assert loss.needs_negatives == 0
     assert (loss.temperature, loss.direction, loss.variant) == (1.0, "teacher_target", "S")
     with pytest.raises(TypeError, match="temp"):
@@ -180,6 +188,58 @@ def test_row_cross_entropy_matches_autograd_composite(temperature):
     wa, wb = torch.autograd.grad(want, (a, b))
     torch.testing.assert_close(ga, wa)
     torch.testing.assert_close(gb, wb)
+
+
+@pytest.mark.parametrize("spread", [1.0, 60.0])
+def test_map_cross_entropy_matches_row_cross_entropy(spread):
+    """The log-softmax read off the model's own map equals the direct one, values and
+    gradients, also when scores spread so far that most of a map underflows to 0."""
+    from mmdistill.distill.edam import map_cross_entropy, row_cross_entropy
+
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(2, 3, 4, 6, generator=g, dtype=torch.float64).softmax(-1) * 0.8  # rows need not sum to 1
+    b = torch.randn(2, 3, 4, 6, generator=g, dtype=torch.float64) * spread
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+    if spread > 1:
+        b32 = b.detach().float()
+        assert (b32.softmax(-1) == 0).any()  # the float32 map has exact zeros: log p would be -inf there
+        torch.testing.assert_close(map_cross_entropy(a.detach().float(), b32, b32.softmax(-1)),
+                                   row_cross_entropy(a.detach().float(), b32, 1.0))
+    got = map_cross_entropy(a, b, b.softmax(-1))
+    want = row_cross_entropy(a, b, 1.0)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got, (a, b)), torch.autograd.grad(want, (a, b)))
+    assert torch.autograd.gradcheck(lambda x, y: map_cross_entropy(x, y, y.softmax(-1)), (a, b))
+
+
+@pytest.mark.parametrize("variant", ["S", "T"])
+def test_models_own_maps_give_the_same_loss_and_gradients(variant):
+    """The default path (the models' maps) against the scores-only path (temperature 1 given as
+    1.0 + 0 through the general formula): same value and student gradients."""
+    from mmdistill.distill.edam import row_cross_entropy
+
+    s = _out(_scores(seed=1, grad=True, Tq=6, Tk=6))
+    t = _out(_scores(seed=2, Tq=6 if variant == "S" else 3, Tk=6 if variant == "S" else 4))
+    loss = build_loss("edam", _ctx(s, t), {"variant": variant})
+    assert loss.student_maps and loss.teacher_maps == (variant == "S")
+    got = loss(s, t, _batch())
+    leaves = [x for p in PAIRS for x in s.attention[p]]
+    g_got = torch.autograd.grad(got, leaves)
+    want = sum(torch.stack([row_cross_entropy(loss.teacher_scores(p, y).softmax(-1), x, 1.0)
+                            for x, y in zip(s.attention[p], t.attention[p])]).mean() for p in PAIRS) / len(PAIRS)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(g_got, torch.autograd.grad(want, leaves))
+
+
+def test_missing_maps_are_an_error():
+    s, t = _out(_scores()), _out(_scores(seed=1))
+    loss = build_loss("edam", _ctx(s, t), {})
+    no_maps = ModelOutput(s.logits, s.penultimate, attention=s.attention)
+    with pytest.raises(KeyError, match="student maps"):
+        loss(no_maps, t, _batch())
+    with pytest.raises(KeyError, match="teacher"):
+        loss(s, ModelOutput(t.logits, t.penultimate, attention=t.attention), _batch())
 
 
 @pytest.mark.parametrize("learn", [False, True])

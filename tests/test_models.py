@@ -32,7 +32,8 @@ def inputs(lengths=LENGTHS, batch=B, seed=0) -> dict[str, torch.Tensor]:
 
 
 def everything(names) -> Request:
-    return Request(frozenset(names), frozenset(names))
+    f = frozenset(names)
+    return Request(attention=f, maps=f, post_attention=f)
 
 
 # ------------------------------------------------------------------ config
@@ -72,10 +73,11 @@ def test_fused_attention_and_scores_agree_with_explicit_attention():
     torch.manual_seed(0)
     mha = tr.MultiHeadAttention(8, 2, dropout=0.0)
     xq, xkv = torch.randn(B, 5, 8), torch.randn(B, 7, 8)
-    fused, none = mha(xq, xkv, want_scores=False)
-    with_scores, scores = mha(xq, xkv, want_scores=True)
-    assert none is None and scores.shape == (B, 2, 5, 7)
+    fused, none, no_maps = mha(xq, xkv, want_scores=False)
+    with_scores, scores, maps = mha(xq, xkv, want_scores=True, want_maps=True)
+    assert none is None and no_maps is None and scores.shape == maps.shape == (B, 2, 5, 7)
     torch.testing.assert_close(fused, with_scores)
+    torch.testing.assert_close(maps, scores.softmax(-1))
     # the explicit softmax(scores) V, projected, is the fused output
     v = mha.kv_proj(xkv)[..., 8:].reshape(B, 7, 2, 4).transpose(1, 2)
     explicit = mha.out_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, 5, 8))
@@ -86,17 +88,20 @@ def test_fused_attention_and_scores_agree_with_explicit_attention():
     # the whole encoder too, cross-modal and self-attention
     enc = tr.TransformerEncoder(8, tiny(attn_dropout=0.0)).eval()
     for kv in (xkv, None):
-        a, s_none, _ = enc(xq, kv)
-        b, s, _ = enc(xq, kv, want_scores=True)
-        assert s_none is None and len(s) == 2
+        a, s_none, m_none, _ = enc(xq, kv)
+        b, s, m, _ = enc(xq, kv, want_scores=True, want_maps=True)
+        assert s_none is None and m_none is None and len(s) == len(m) == 2
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+        c, s_none, m, _ = enc(xq, kv, want_maps=True)  # maps alone
+        assert s_none is None and len(m) == 2
+        torch.testing.assert_close(a, c, atol=1e-6, rtol=1e-5)
 
 
 def test_scores_are_prescaled_qk_and_rows_softmax_to_one():
     torch.manual_seed(1)
     mha = tr.MultiHeadAttention(8, 2, dropout=0.0)
     xq, xkv = torch.randn(2, 4, 8), torch.randn(2, 6, 8)
-    _, scores = mha(xq, xkv, want_scores=True)
+    _, scores, _ = mha(xq, xkv, want_scores=True)
     q = mha.q_proj(xq).reshape(2, 4, 2, 4).transpose(1, 2)
     k = mha.kv_proj(xkv)[..., :8].reshape(2, 6, 2, 4).transpose(1, 2)
     torch.testing.assert_close(scores, q @ k.transpose(-1, -2) / 2.0)  # sqrt(d_k) = sqrt(4)
@@ -118,13 +123,17 @@ def test_scores_only_when_requested(monkeypatch):
     x = inputs()
     for model in (teacher, student):
         out = model(x)
-        assert out.attention == {} and out.post_attention == {}
+        assert out.attention == {} and out.maps == {} and out.post_attention == {}
     assert calls["scores"] == 0
     # post-attention alone does not need the map either
     out = teacher(x, Request(post_attention=frozenset({"V<-A"})))
     assert calls["scores"] == 0 and list(out.post_attention) == ["V<-A"] and out.attention == {}
     out = teacher(x, Request(attention=frozenset({"V<-A"})))
     assert calls["scores"] == cfg.n_layers  # one per layer of the one requested transformer
+    out = teacher(x, Request(attention=frozenset({"V<-A"}), maps=frozenset({"V<-A", "V<-L"})))
+    assert calls["scores"] == 3 * cfg.n_layers  # 2 more transformers; scores and maps of a layer: one product
+    assert list(out.attention) == ["V<-A"] and sorted(out.maps) == ["V<-A", "V<-L"]
+    torch.testing.assert_close(out.maps["V<-A"][0], out.attention["V<-A"][0].softmax(-1))
 
 
 # ------------------------------------------------------------------ teacher

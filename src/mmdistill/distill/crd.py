@@ -216,12 +216,12 @@ def bin_matrix(n_rows: int, n_bins: int) -> torch.Tensor:
     return A
 
 
-def attention_rows(scores: list[torch.Tensor], bins: torch.Tensor) -> torch.Tensor:
-    """Per-layer scores (B, H, Tq, Tk) -> binned head-averaged maps as groups (L * nb, B, Tk)."""
+def attention_rows(maps: list[torch.Tensor], bins: torch.Tensor) -> torch.Tensor:
+    """Per-layer maps softmax(scores) (B, H, Tq, Tk) -> binned head-averaged maps as groups (L * nb, B, Tk)."""
     # bin rows first (a broadcast matmul over B and H reads each map once), then average the
     # small (B, H, nb, Tk) result over heads
-    maps = [(bins @ s.softmax(-1)).mean(1).transpose(0, 1) for s in scores]  # (nb, B, Tk) each
-    return torch.cat(maps, dim=0)
+    rows = [(bins @ a).mean(1).transpose(0, 1) for a in maps]  # (nb, B, Tk) each
+    return torch.cat(rows, dim=0)
 
 
 @register
@@ -275,7 +275,7 @@ class CRD(DistillLoss):
         if self.level == "attention":
             # (nb, Tq) row-averaging matrices per pair and side, named by the pair's position
             for i, key in enumerate(self.pairs):
-                qs, qt = s_out.attention[key][0].shape[2], t_out.attention[key][0].shape[2]
+                qs, qt = s_out.maps[key][0].shape[2], t_out.maps[key][0].shape[2]
                 nb = qs if row_bins is None else row_bins
                 self.register_buffer(f"bins_student_{i}", bin_matrix(qs, nb), persistent=False)
                 self.register_buffer(f"bins_teacher_{i}", bin_matrix(qt, nb), persistent=False)
@@ -308,8 +308,8 @@ class CRD(DistillLoss):
         return self._request()
 
     def _request(self) -> Request:
-        if self.level == "attention":
-            return Request(attention=frozenset(self.pairs))
+        if self.level == "attention":  # the models' own maps: no softmax of the loss's own
+            return Request(maps=frozenset(self.pairs))
         if self.level == "post_attention":
             return Request(post_attention=frozenset(self.pairs))
         return NOTHING
@@ -347,7 +347,7 @@ class CRD(DistillLoss):
         return shapes
 
     def _layers(self, out: ModelOutput, key: str, side: str) -> list[torch.Tensor]:
-        store = out.attention if self.level == "attention" else out.post_attention
+        store = out.maps if self.level == "attention" else out.post_attention
         if key not in store:
             raise KeyError(f"crd: the {side} output lacks {self.level} of pair '{key}' (has {sorted(store)})")
         return store[key]

@@ -14,8 +14,8 @@ This project's reconstruction (the details are ours):
 * Layer mapping (as TinyBERT's uniform strategy): with ``L_S`` student and ``L_T`` teacher
   layers in a distilled pair, ``k = L_T / L_S`` must be an integer and student layer ``i``
   learns from teacher layer ``(i + 1) k - 1`` (the last of each block of k; i, i when equal).
-* ``L_attn``: attention distributions ``softmax(scores)`` of every mapped layer of every
-  distilled pair, compared row by row with the squared Euclidean distance
+* ``L_attn``: attention distributions ``softmax(scores)`` (the models' own maps) of every
+  mapped layer of every distilled pair, compared row by row with the squared Euclidean distance
   ``sum_k (a_s - a_t)^2`` (i.e. Tk times the element-wise MSE, so the term does not shrink
   with the key length), averaged over rows, heads and batch, then layers, then pairs. Head h
   is compared with head h; with different head counts both maps are first averaged over heads.
@@ -66,9 +66,10 @@ def layer_map(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
     return [(i, (i + 1) * k - 1) for i in range(n_student)]
 
 
-def attention_distance(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of ``sum_k (softmax(s) - softmax(t))^2``: (B, H_s, Tq, Tk), (B, H_t, Tq, Tk) -> scalar."""
-    a_s, a_t = s.softmax(-1), t.detach().softmax(-1)
+def attention_distance(a_s: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of ``sum_k (a_s - a_t)^2`` for maps (softmax of the scores, the models' own):
+    (B, H_s, Tq, Tk), (B, H_t, Tq, Tk) -> scalar; the teacher's map is detached."""
+    a_t = a_t.detach()
     if a_s.shape[1] != a_t.shape[1]:  # different head counts: compare head-averaged maps
         a_s, a_t = a_s.mean(1, keepdim=True), a_t.mean(1, keepdim=True)
     return (a_s - a_t).pow(2).sum(-1).mean()
@@ -161,7 +162,7 @@ class DistillVLM(DistillLoss):
         self.queues = nn.ModuleList()
         for key in self.pairs:
             d_s, d_t = self._check_pair(s_out, t_out, key)
-            self.layer_maps[key] = layer_map(len(s_out.attention[key]), len(t_out.attention[key]))
+            self.layer_maps[key] = layer_map(len(s_out.maps[key]), len(t_out.maps[key]))
             self.proj[key] = nn.Linear(d_s, d_t)
             self.queues.append(TokenQueue(len(self.layer_maps[key]), queue_size, d_t))
         self._sums: dict[str, torch.Tensor] = {}
@@ -171,10 +172,10 @@ class DistillVLM(DistillLoss):
     def _check_pair(s: ModelOutput, t: ModelOutput, key: str) -> tuple[int, int]:
         """Check that both sides hold pair ``key`` with the same tokens; return the widths."""
         for side, out in (("student", s), ("teacher", t)):
-            if key not in out.attention or key not in out.post_attention:
-                raise KeyError(f"distillvlm: the {side} output lacks attention scores or post-attention "
+            if key not in out.maps or key not in out.post_attention:
+                raise KeyError(f"distillvlm: the {side} output lacks attention maps or post-attention "
                                f"outputs of pair '{key}'")
-        a_s, a_t = s.attention[key][0].shape, t.attention[key][0].shape  # (B, H, Tq, Tk)
+        a_s, a_t = s.maps[key][0].shape, t.maps[key][0].shape  # (B, H, Tq, Tk)
         h_s, h_t = s.post_attention[key][0].shape, t.post_attention[key][0].shape  # (B, Tq, d)
         if a_s[2:] != a_t[2:] or h_s[1] != h_t[1]:
             raise ValueError(
@@ -184,7 +185,7 @@ class DistillVLM(DistillLoss):
         return h_s[-1], h_t[-1]
 
     def student_request(self) -> Request:
-        return Request(attention=frozenset(self.pairs), post_attention=frozenset(self.pairs))
+        return Request(maps=frozenset(self.pairs), post_attention=frozenset(self.pairs))
 
     def teacher_request(self) -> Request:
         return self.student_request()
@@ -193,7 +194,7 @@ class DistillVLM(DistillLoss):
         attn, nce = [], []
         for key, queue in zip(self.pairs, self.queues):
             lmap = self.layer_maps[key]
-            s_att, t_att = student.attention[key], teacher.attention[key]
+            s_att, t_att = student.maps[key], teacher.maps[key]
             s_post, t_post = student.post_attention[key], teacher.post_attention[key]
             need_s, need_t = lmap[-1][0] + 1, lmap[-1][1] + 1
             if len(s_att) < need_s or len(t_att) < need_t or len(s_post) < need_s or len(t_post) < need_t:

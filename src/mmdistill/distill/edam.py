@@ -34,6 +34,13 @@ Variants (option ``variant``, paper sec. 4.3):
 
 Layers are processed one at a time, each fully vectorized over batch, heads and rows: stacking
 them would copy every map (about 600 MB per pair at MOSEI sizes) for no gain in speed.
+
+Maps the models already computed are reused (the default: temperature 1, teacher as target).
+The teacher's target is its own attention map (EDAM-S; EDAM-T up-samples scores, so it
+takes a softmax of its own), and the student's ``log softmax`` is ``scores - logsumexp``
+with the row's log-sum-exp read off its map at the row maximum, where the map is at least
+``1 / Tk``: no softmax or log-softmax over a map is computed by the loss
+(:func:`map_cross_entropy`).
 """
 
 from __future__ import annotations
@@ -144,6 +151,51 @@ class _RowCrossEntropy(torch.autograd.Function):
         return grad_a, grad_b, None
 
 
+class _MapCrossEntropy(torch.autograd.Function):
+    """``-sum(a * log softmax(b)) / rows`` given ``p = softmax(b)``, computed by the caller.
+
+    ``log softmax(b) = b - lse`` with each row's log-sum-exp ``lse = max(b) - log p[argmax b]``
+    (exact; ``p >= 1 / Tk`` there, so the log is well conditioned), which makes the forward
+    two dot products and a row maximum. Backward: ``d/db = (p * rowsum(a) - a) * g / rows``
+    (no exponential); ``d/da = -(b - lse) * g / rows``. ``p`` receives no gradient: it stands
+    for the value of ``softmax(b)``, whose dependence on ``b`` is in ``d/db``.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        rows = b.numel() // b.shape[-1]
+        a_sum = a.sum(-1)  # (...,)
+        top, where = b.max(dim=-1, keepdim=True)  # (..., 1) each
+        lse = (top - p.gather(-1, where).log()).squeeze(-1)  # (...,)
+        ctx.rows = rows
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(a, p, a_sum, b, lse)
+        else:
+            ctx.save_for_backward(a, p, a_sum)
+        return -(torch.dot(a.reshape(-1), b.reshape(-1)) - torch.dot(a_sum.reshape(-1), lse.reshape(-1))) / rows
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        a, p, a_sum, *b_lse = ctx.saved_tensors
+        c = g / ctx.rows
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            b, lse = b_lse
+            grad_a = (b - lse.unsqueeze(-1)) * -c
+        if ctx.needs_input_grad[1]:
+            grad_b = torch.addcmul(a * -c, p, (a_sum * c).unsqueeze(-1))  # (p * rowsum(a) - a) * c
+        return grad_a, grad_b, None
+
+
+def map_cross_entropy(a: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """:func:`row_cross_entropy` at temperature 1 for scores ``b`` whose map ``p = softmax(b)``
+    is at hand (the model's own): a, b, p (..., Tk) -> scalar. ``p`` is used as a value only.
+    """
+    if not a.shape == b.shape == p.shape:
+        raise ValueError(f"map_cross_entropy: shapes differ, {tuple(a.shape)}, {tuple(b.shape)}, {tuple(p.shape)}")
+    return _MapCrossEntropy.apply(a, b, p.detach())
+
+
 def row_cross_entropy(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
     """Mean over rows of ``-sum_k a_k log softmax(b / t)_k``: a (..., Tk) rows of weights (a
     map), b (..., Tk) scores -> scalar. Gradients reach ``a`` and ``b``, whichever require them.
@@ -184,11 +236,16 @@ class EDAM(DistillLoss):
         if not self.pairs:
             raise ValueError("edam needs at least one distilled pair")
         self.temperature, self.direction, self.variant = float(temperature), direction, variant
+        # the models' own maps serve where the loss would recompute them: the student's
+        # (at temperature 1, as the map under the log) and the teacher's (EDAM-S target)
+        self.student_maps = self.temperature == 1 and direction == "teacher_target"
+        self.teacher_maps = self.student_maps and variant == "S"
         s_out, t_out = ctx.probe(self.student_request(), self.teacher_request())
         self.upsamplers = nn.ModuleDict()
         for key in self.pairs:
-            (tq_s, tk_s), (tq_t, tk_t) = self._map_shape(s_out, key, "student"), self._map_shape(t_out, key, "teacher")
-            n_s, n_t = len(s_out.attention[key]), len(t_out.attention[key])
+            s_layers, t_layers = s_out.attention.get(key), self._teacher_layers(t_out, key)
+            (tq_s, tk_s), (tq_t, tk_t) = self._map_shape(s_layers, key, "student"), self._map_shape(t_layers, key, "teacher")
+            n_s, n_t = len(s_layers), len(t_layers)
             if n_s != n_t:
                 raise ValueError(f"edam: pair '{key}' has {n_s} student layers but {n_t} teacher layers")
             if variant == "S" and (tq_s, tk_s) != (tq_t, tk_t):
@@ -199,28 +256,38 @@ class EDAM(DistillLoss):
             if variant == "T":
                 self.upsamplers[key] = Upsampler(tq_t, tk_t, tq_s, tk_s, learn_upsampler)
 
-    @staticmethod
-    def _map_shape(out: ModelOutput, key: str, side: str) -> tuple[int, int]:
-        if key not in out.attention:
-            raise KeyError(f"edam: the {side} output lacks attention scores of pair '{key}' (has {sorted(out.attention)})")
-        shapes = {tuple(s.shape[2:]) for s in out.attention[key]}
+    def _teacher_layers(self, out: ModelOutput, key: str) -> list[torch.Tensor] | None:
+        """The teacher's per-layer maps (when it gives its maps) or scores of pair ``key``."""
+        return (out.maps if self.teacher_maps else out.attention).get(key)
+
+    def _map_shape(self, layers: list[torch.Tensor] | None, key: str, side: str) -> tuple[int, int]:
+        if layers is None:
+            what = "maps" if side == "teacher" and self.teacher_maps else "scores"
+            raise KeyError(f"edam: the {side} output lacks attention {what} of pair '{key}'")
+        shapes = {tuple(s.shape[2:]) for s in layers}
         if len(shapes) != 1:
             raise ValueError(f"edam: {side} layers of pair '{key}' have different map shapes {sorted(shapes)}")
         return shapes.pop()
 
     def student_request(self) -> Request:
-        return Request(attention=frozenset(self.pairs))
+        pairs = frozenset(self.pairs)
+        return Request(attention=pairs, maps=pairs if self.student_maps else frozenset())
 
     def teacher_request(self) -> Request:
-        return Request(attention=frozenset(self.pairs))
+        pairs = frozenset(self.pairs)
+        return Request(maps=pairs) if self.teacher_maps else Request(attention=pairs)
 
     def forward(self, student: ModelOutput, teacher: ModelOutput, batch: Batch) -> torch.Tensor:
         per_pair = []
         for key in self.pairs:
-            s_layers, t_layers = student.attention[key], teacher.attention[key]
-            if len(s_layers) != len(t_layers):
+            s_layers, t_layers = student.attention.get(key), self._teacher_layers(teacher, key)
+            s_maps = student.maps.get(key) if self.student_maps else [None] * len(s_layers or ())
+            for side, got in (("student scores", s_layers), ("student maps", s_maps), ("teacher", t_layers)):
+                if got is None:
+                    raise KeyError(f"edam: the {side} of pair '{key}' are missing from the model output")
+            if not len(s_layers) == len(s_maps) == len(t_layers):
                 raise ValueError(f"edam: pair '{key}' got {len(s_layers)} student and {len(t_layers)} teacher layers")
-            per_layer = [self._layer_loss(key, s, t) for s, t in zip(s_layers, t_layers)]
+            per_layer = [self._layer_loss(key, s, a, t) for s, a, t in zip(s_layers, s_maps, t_layers)]
             per_pair.append(torch.stack(per_layer).mean())  # mean over layers
         return torch.stack(per_pair).mean()  # mean over pairs
 
@@ -229,16 +296,22 @@ class EDAM(DistillLoss):
         scores = scores.detach()
         return self.upsamplers[key](scores) if self.variant == "T" else scores
 
-    def _layer_loss(self, key: str, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Mean row cross-entropy of one layer: (B, H_s, Tq, Tk), (B, H_t, Tq', Tk') -> scalar."""
-        t = self.teacher_scores(key, t)
+    def _layer_loss(self, key: str, s: torch.Tensor, s_map: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:
+        """Mean row cross-entropy of one layer: student scores (B, H_s, Tq, Tk), the student's
+        map of them or None, teacher scores or map (B, H_t, Tq', Tk') -> scalar."""
+        t = t.detach() if self.teacher_maps else self.teacher_scores(key, t)
         if s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
             raise ValueError(f"edam: pair '{key}': student scores {tuple(s.shape)} and teacher scores "
                              f"{tuple(t.shape)} (after up-sampling, if any) do not match")
         average = s.shape[1] != t.shape[1]
         a, b = (t, s) if self.direction == "teacher_target" else (s, t)  # F(a, b) = -a log b
-        target = maps(a, self.temperature, average)  # (B, H, Tq, Tk), H = 1 when averaged
+        if self.teacher_maps:  # the teacher's own maps (temperature 1)
+            target = t.mean(1, keepdim=True) if average else t
+        else:
+            target = maps(a, self.temperature, average)  # (B, H, Tq, Tk), H = 1 when averaged
         if not average:
+            if s_map is not None:
+                return map_cross_entropy(target, b, s_map)
             return row_cross_entropy(target, b, self.temperature)
         logp = log_maps(b, self.temperature, average)
         n_rows = logp.numel() // logp.shape[-1]

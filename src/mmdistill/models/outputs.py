@@ -18,6 +18,7 @@ class Request:
     """Which internals to return.
 
     attention:       transformer names whose per-layer pre-softmax attention scores are wanted
+    maps:            transformer names whose per-layer attention maps ``softmax(scores)`` are wanted
     post_attention:  transformer names whose per-layer attention-module outputs are wanted
     internals_only:  run only the requested transformers (and those they read from); the
                      output then has no logits or penultimate features (both ``None``). A
@@ -26,12 +27,18 @@ class Request:
     """
 
     attention: frozenset[str] = frozenset()
+    maps: frozenset[str] = frozenset()
     post_attention: frozenset[str] = frozenset()
     internals_only: bool = False
 
     @property
+    def names(self) -> frozenset[str]:
+        """Every transformer some internal is requested of."""
+        return self.attention | self.maps | self.post_attention
+
+    @property
     def empty(self) -> bool:
-        return not self.attention and not self.post_attention
+        return not self.names
 
 
 NOTHING = Request()
@@ -45,7 +52,10 @@ class ModelOutput:
     penultimate:     (B, P)          input of the final linear layer (the penultimate linear
                                      layer's output, after its residual connection)
     attention:       name -> list over layers of (B, H, Tq, Tk) scaled scores Q K^T / sqrt(d_k),
-                     before softmax (maps are ``scores.softmax(-1)``; paper eqs. 8 and 10)
+                     before softmax (paper eqs. 8 and 10)
+    maps:            name -> list over layers of (B, H, Tq, Tk) attention maps ``softmax(scores)``
+                     before attention dropout: the tensor the layer multiplies with V, so
+                     gradients through a student's maps join its own softmax backward
     post_attention:  name -> list over layers of (B, Tq, d): the attention module's output
                      (softmax(QK^T/sqrt(d_k)) V, after the output projection; paper eq. 3)
     views:           view name -> output of the same model on a modified input (e.g. the
@@ -56,6 +66,7 @@ class ModelOutput:
     logits: torch.Tensor
     penultimate: torch.Tensor
     attention: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    maps: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     post_attention: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     views: dict[str, "ModelOutput"] = field(default_factory=dict)
 
@@ -64,6 +75,7 @@ class ModelOutput:
             None if self.logits is None else self.logits.detach(),
             None if self.penultimate is None else self.penultimate.detach(),
             {k: [t.detach() for t in v] for k, v in self.attention.items()},
+            {k: [t.detach() for t in v] for k, v in self.maps.items()},
             {k: [t.detach() for t in v] for k, v in self.post_attention.items()},
             {k: v.detach() for k, v in self.views.items()},
         )

@@ -135,7 +135,7 @@ class TransformerStack(nn.Module):
         self.head = Head(width, cfg)
 
     def check_request(self, request: Request) -> None:
-        unknown = sorted((request.attention | request.post_attention) - set(self.names))
+        unknown = sorted(request.names - set(self.names))
         if unknown:
             raise KeyError(f"requested transformers {unknown} are not in this model; it has {list(self.names)}")
 
@@ -144,17 +144,18 @@ class TransformerStack(nn.Module):
         self.check_request(request)
         outs: dict[str, torch.Tensor] = {}
         attention: dict[str, list[torch.Tensor]] = {}
+        maps: dict[str, list[torch.Tensor]] = {}
         post: dict[str, list[torch.Tensor]] = {}
 
         def run(name: str, x_q: torch.Tensor, x_kv: torch.Tensor | None) -> None:
-            out, s, p = self.encoders[name](
-                x_q, x_kv, want_scores=name in request.attention, want_post=name in request.post_attention
+            out, s, a, p = self.encoders[name](
+                x_q, x_kv, want_scores=name in request.attention, want_maps=name in request.maps,
+                want_post=name in request.post_attention,
             )
             outs[name] = out
-            if s is not None:
-                attention[name] = s
-            if p is not None:
-                post[name] = p
+            for store, value in ((attention, s), (maps, a), (post, p)):
+                if value is not None:
+                    store[name] = value
 
         needed = self.needed(request)
         for name in self.cross:
@@ -166,17 +167,17 @@ class TransformerStack(nn.Module):
                 h = torch.cat([outs[n] for n in branch_pairs(memory_query(name))], dim=-1)  # (B, T_q, 2d)
                 run(name, h, None)
         if request.internals_only:
-            return ModelOutput(None, None, attention, post)
+            return ModelOutput(None, None, attention, maps, post)
         last = torch.cat([outs[n][:, -1] for n in self.pooled], dim=-1)  # (B, P)
         pen, logits = self.head(last)
-        return ModelOutput(logits, pen, attention, post)
+        return ModelOutput(logits, pen, attention, maps, post)
 
     def needed(self, request: Request) -> set[str]:
         """Transformers to run: all of them, or with ``internals_only`` the requested ones
         and the cross-modal transformers a requested memory transformer reads."""
         if not request.internals_only:
             return set(self.names)
-        want = set(request.attention | request.post_attention)
+        want = set(request.names)
         for n in list(want):
             if is_memory(n):
                 want.update(branch_pairs(memory_query(n)))

@@ -6,13 +6,16 @@ sinusoidal positions, embedding dropout, pre-LayerNorm layers, a final LayerNorm
 changes serve distillation (paper 002, eqs. 3, 8 and 10):
 
 * attention runs through PyTorch's fused ``scaled_dot_product_attention`` unless the caller
-  asks for the scores, in which case the explicit ``softmax(Q K^T / sqrt(d_k)) V`` is
-  computed once for both uses and the per-head, pre-softmax scores ``(B, H, Tq, Tk)`` are
-  returned (MulT returns post-softmax weights averaged over heads and its layer discards
-  them). The scale goes on ``Q`` rather than on the ``Tq x Tk`` scores (one pass less over
-  the map, forward and backward). Measured against the fused kernel plus a separate
-  ``Q K^T`` for the scores: no faster at MOSEI's 500 x 500 maps and slower at smaller ones
-  with one thread, so the map is materialized once;
+  asks for the scores or the maps, in which case the explicit ``softmax(Q K^T / sqrt(d_k)) V``
+  is computed once for all uses and the per-head, pre-softmax scores ``(B, H, Tq, Tk)``
+  and/or the maps ``softmax(scores)`` (before attention dropout) are returned, the maps as
+  the very tensor the layer multiplies with ``V`` (MulT returns post-softmax weights
+  averaged over heads and its layer discards them). A loss that reads the maps then adds
+  no softmax of its own, and its gradient joins the layer's one softmax backward. The
+  scale goes on ``Q`` rather than on the ``Tq x Tk`` scores (one pass less over the map,
+  forward and backward). Measured against the fused kernel plus a separate ``Q K^T`` for
+  the scores: no faster at MOSEI's 500 x 500 maps and slower at smaller ones with one
+  thread, so the map is materialized once;
 * each layer returns its attention module's output (after the output projection), the
   "post-attention" features of paper 002's eq. 4.
 
@@ -119,22 +122,26 @@ class MultiHeadAttention(nn.Module):
         return x.reshape(B, T, self.n_heads, self.width // self.n_heads).transpose(1, 2)  # (B, H, T, dh)
 
     def forward(
-        self, x_q: torch.Tensor, x_kv: torch.Tensor, want_scores: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x_q (B, Tq, d), x_kv (B, Tk, d) -> out (B, Tq, d), scores (B, H, Tq, Tk) or None."""
+        self, x_q: torch.Tensor, x_kv: torch.Tensor, want_scores: bool = False, want_maps: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """x_q (B, Tq, d), x_kv (B, Tk, d) ->
+        out (B, Tq, d), scores (B, H, Tq, Tk) or None, maps softmax(scores) (B, H, Tq, Tk) or None.
+        """
         B, Tq, _ = x_q.shape
         q = self._heads(self.q_proj(x_q))  # (B, H, Tq, dh)
         k, v = self.kv_proj(x_kv).chunk(2, dim=-1)
         k, v = self._heads(k), self._heads(v)  # (B, H, Tk, dh)
         p = self.dropout if self.training else 0.0
-        if want_scores or _EXPLICIT:
-            scores = attention_scores(q, k)  # (B, H, Tq, Tk)
-            probs = F.dropout(scores.softmax(dim=-1), p=p, training=p > 0)
-            y, scores = probs @ v, (scores if want_scores else None)
+        scores = maps = None
+        if want_scores or want_maps or _EXPLICIT:
+            s = attention_scores(q, k)  # (B, H, Tq, Tk)
+            a = s.softmax(dim=-1)
+            y = F.dropout(a, p=p, training=p > 0) @ v  # (B, H, Tq, dh)
+            scores, maps = (s if want_scores else None), (a if want_maps else None)
         else:
-            y, scores = fused_attention(q, k, v, p), None
+            y = fused_attention(q, k, v, p)
         y = y.transpose(1, 2).reshape(B, Tq, self.width)  # (B, Tq, d)
-        return self.out_proj(y), scores
+        return self.out_proj(y), scores, maps
 
 
 class EncoderLayer(nn.Module):
@@ -158,16 +165,17 @@ class EncoderLayer(nn.Module):
         self.res_dropout = nn.Dropout(cfg.res_dropout)
 
     def forward(
-        self, x: torch.Tensor, x_kv: torch.Tensor | None, want_scores: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """x (B, Tq, d), x_kv (B, Tk, d) or None -> x (B, Tq, d), scores or None, post (B, Tq, d)."""
+        self, x: torch.Tensor, x_kv: torch.Tensor | None, want_scores: bool = False, want_maps: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """x (B, Tq, d), x_kv (B, Tk, d) or None ->
+        x (B, Tq, d), scores or None, maps or None, post (B, Tq, d)."""
         q = self.ln_attn(x)
         kv = q if x_kv is None else self.ln_attn(x_kv)
-        post, scores = self.attn(q, kv, want_scores)
+        post, scores, maps = self.attn(q, kv, want_scores, want_maps)
         x = x + self.res_dropout(post)
         h = self.relu_dropout(F.relu(self.fc1(self.ln_ff(x))))  # (B, Tq, 4d)
         x = x + self.res_dropout(self.fc2(h))
-        return x, scores, post
+        return x, scores, maps, post
 
 
 class TransformerEncoder(nn.Module):
@@ -195,10 +203,11 @@ class TransformerEncoder(nn.Module):
         x_q: torch.Tensor,
         x_kv: torch.Tensor | None = None,
         want_scores: bool = False,
+        want_maps: bool = False,
         want_post: bool = False,
-    ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[torch.Tensor] | None]:
-        """x_q (B, Tq, d), x_kv (B, Tk, d) or None ->
-        out (B, Tq, d), per-layer scores [(B, H, Tq, Tk)] or None, per-layer post [(B, Tq, d)] or None.
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[torch.Tensor] | None, list[torch.Tensor] | None]:
+        """x_q (B, Tq, d), x_kv (B, Tk, d) or None -> out (B, Tq, d) and, each a list over
+        layers or None when not wanted: scores [(B, H, Tq, Tk)], maps [(B, H, Tq, Tk)], post [(B, Tq, d)].
         """
         for name, t in (("x_q", x_q), ("x_kv", x_kv)):
             if t is not None and (t.dim() != 3 or t.shape[-1] != self.width):
@@ -208,11 +217,11 @@ class TransformerEncoder(nn.Module):
         x = self._embed(x_q)
         kv = None if x_kv is None else self._embed(x_kv)
         scores: list[torch.Tensor] | None = [] if want_scores else None
+        maps: list[torch.Tensor] | None = [] if want_maps else None
         posts: list[torch.Tensor] | None = [] if want_post else None
         for layer in self.layers:
-            x, s, post = layer(x, kv, want_scores)
-            if scores is not None:
-                scores.append(s)
-            if posts is not None:
-                posts.append(post)
-        return self.ln_out(x), scores, posts
+            x, s, a, post = layer(x, kv, want_scores, want_maps)
+            for store, t in ((scores, s), (maps, a), (posts, post)):
+                if store is not None:
+                    store.append(t)
+        return self.ln_out(x), scores, maps, posts

@@ -102,6 +102,9 @@ def set_determinism(seed: int, threads: int, device: torch.device) -> None:
         torch.use_deterministic_algorithms(True)
 
 
+INTERNALS = ("attention", "maps", "post_attention")  # ModelOutput fields a Request may ask for
+
+
 class TeacherCache:
     """Teacher outputs for a whole split, computed once.
 
@@ -109,7 +112,7 @@ class TeacherCache:
     distillation runs the teacher once per data set instead of once per step: its logits and
     penultimate features, the masked-modality views some losses ask for
     (:meth:`DistillLoss.teacher_views`), and -- when they fit in ``budget_mb`` (MB of the
-    cache's device memory) -- the attention scores and post-attention outputs of the
+    cache's device memory) -- the attention scores, maps and post-attention outputs of the
     distilled transformers (``internals``). Internals that do not fit (MOSEI's full lengths:
     several MB per sample) are left to a per-step pass of the teacher's distilled
     transformers; :attr:`has_internals` tells which.
@@ -138,8 +141,7 @@ class TeacherCache:
                             inner.append(out)
         self.outputs = {n: (torch.cat(lg), torch.cat(pen)) for n, (lg, pen) in parts.items()}
         self.views = list(views)
-        self.attention = _concat([o.attention for o in inner]) if want_inner else None
-        self.post_attention = _concat([o.post_attention for o in inner]) if want_inner else None
+        self.internals = {f: _concat([getattr(o, f) for o in inner]) for f in INTERNALS} if want_inner else None
 
     @staticmethod
     def _fits(out: ModelOutput, batch: int, n: int, budget_mb: float) -> bool:
@@ -151,7 +153,7 @@ class TeacherCache:
 
     @property
     def has_internals(self) -> bool:
-        return self.attention is not None
+        return self.internals is not None
 
     def __call__(self, batch: Batch, live: ModelOutput | None = None) -> ModelOutput:
         """The cached outputs of ``batch``; internals from the cache or, with ``live`` (a
@@ -159,10 +161,11 @@ class TeacherCache:
         idx = batch.index.to(self.outputs["main"][0].device)
         pick = lambda n: ModelOutput(self.outputs[n][0][idx], self.outputs[n][1][idx])  # noqa: E731
         out = pick("main")
-        if self.has_internals:
-            out.attention, out.post_attention = _rows(self.attention, idx), _rows(self.post_attention, idx)
-        elif live is not None:
-            out.attention, out.post_attention = live.attention, live.post_attention
+        for f in INTERNALS:
+            if self.has_internals:
+                setattr(out, f, _rows(self.internals[f], idx))
+            elif live is not None:
+                setattr(out, f, getattr(live, f))
         out.views = {n: pick(n) for n in self.views}
         return out
 
@@ -177,7 +180,7 @@ def _rows(store: dict[str, list[torch.Tensor]], idx: torch.Tensor) -> dict[str, 
 
 
 def _internal_bytes(out: ModelOutput) -> int:
-    tensors = [t for d in (out.attention, out.post_attention) for v in d.values() for t in v]
+    tensors = [t for f in INTERNALS for v in getattr(out, f).values() for t in v]
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
