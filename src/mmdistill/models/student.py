@@ -27,6 +27,7 @@ from torch import nn
 
 from mmdistill.modalities import FEATURE_DIM, MODALITIES
 from mmdistill.models.config import ModelConfig
+from mmdistill.models.dropout import Dropout
 from mmdistill.models.outputs import NOTHING, ModelOutput, Request
 from mmdistill.models.teacher import TransformerStack, check_input
 
@@ -100,7 +101,7 @@ class UnimodalStudent(nn.Module):
             if missing:
                 raise ValueError(f"target_lengths lacks modalities {sorted(set(missing))}: {target_lengths}")
             self.input_length = int(target_lengths[input_modality])
-        self.input_dropout = nn.Dropout(cfg.embed_dropout if input_modality == "L" else 0.0)
+        self.input_dropout = Dropout(cfg.embed_dropout if input_modality == "L" else 0.0)
         convs: dict[str, nn.Module] = {}
         for m in self.stack.streams:
             if m == input_modality or proxy == "full":  # same length as x, like the teacher's projection

@@ -19,6 +19,7 @@ from torch import nn
 
 from mmdistill.modalities import FEATURE_DIM, MODALITIES, memory_name, pair_name, parse_pair
 from mmdistill.models.config import ModelConfig
+from mmdistill.models.dropout import Dropout
 from mmdistill.models.outputs import NOTHING, ModelOutput, Request
 from mmdistill.models.transformer import TransformerEncoder
 
@@ -66,7 +67,7 @@ class ModalityProjection(nn.Module):
     def __init__(self, modality: str, in_dim: int, cfg: ModelConfig):
         super().__init__()
         self.modality, self.in_dim = modality, in_dim
-        self.input_dropout = nn.Dropout(cfg.embed_dropout if modality == "L" else 0.0)
+        self.input_dropout = Dropout(cfg.embed_dropout if modality == "L" else 0.0)
         k = cfg.conv_kernel
         self.conv = nn.Conv1d(in_dim, cfg.d_model, kernel_size=k, padding=k // 2, bias=False)
 
@@ -88,7 +89,7 @@ class Head(nn.Module):
         super().__init__()
         self.proj1 = nn.Linear(width, width)
         self.proj2 = nn.Linear(width, width)
-        self.out_dropout = nn.Dropout(cfg.out_dropout)
+        self.out_dropout = Dropout(cfg.out_dropout)
         self.out_layer = nn.Linear(width, cfg.n_classes)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

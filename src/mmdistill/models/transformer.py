@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmdistill.models.config import ModelConfig
+from mmdistill.models.dropout import Dropout, dropout
 
 
 def sinusoidal_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -136,7 +137,7 @@ class MultiHeadAttention(nn.Module):
         if want_scores or want_maps or _EXPLICIT:
             s = attention_scores(q, k)  # (B, H, Tq, Tk)
             a = s.softmax(dim=-1)
-            y = F.dropout(a, p=p, training=p > 0) @ v  # (B, H, Tq, dh)
+            y = dropout(a, p, training=p > 0) @ v  # (B, H, Tq, dh)
             scores, maps = (s if want_scores else None), (a if want_maps else None)
         else:
             y = fused_attention(q, k, v, p)
@@ -161,8 +162,8 @@ class EncoderLayer(nn.Module):
         for lin in (self.fc1, self.fc2):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
-        self.relu_dropout = nn.Dropout(cfg.relu_dropout)
-        self.res_dropout = nn.Dropout(cfg.res_dropout)
+        self.relu_dropout = Dropout(cfg.relu_dropout)
+        self.res_dropout = Dropout(cfg.res_dropout)
 
     def forward(
         self, x: torch.Tensor, x_kv: torch.Tensor | None, want_scores: bool = False, want_maps: bool = False
@@ -190,7 +191,7 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         self.width = width
         self.scale = math.sqrt(width)
-        self.embed_dropout = nn.Dropout(cfg.embed_dropout)
+        self.embed_dropout = Dropout(cfg.embed_dropout)
         self.layers = nn.ModuleList([EncoderLayer(width, cfg) for _ in range(cfg.n_layers)])
         self.ln_out = nn.LayerNorm(width)
 
