@@ -196,14 +196,25 @@ def matmul_gflops(n: int, device: torch.device, repeats: int = 10) -> float:
 
 
 def latency(s: Setting, device: torch.device, repeats: int) -> dict[str, Any]:
+    """Median batch-1 and batch-32 inference time of the complete teacher and the student.
+
+    The two models take turns call by call (after 3 warm-up calls each), so a change of the
+    machine's speed during the measurement moves both and not their ratio.
+    """
     cfg = ModelConfig.from_dict(s.model)
-    out = {}
-    for name, model in (("teacher", build_teacher(cfg, ("V", "A", "L"))),
-                        ("student", build_student(cfg, "language_audio", "V", s.lengths, "down"))):
-        model = model.to(device)
-        out[name] = {"parameters": count_parameters(model)}
-        for bs in (1, 32):
-            out[name][f"b{bs}_ms"] = measure_latency(model, random_inputs(s.lengths, FEATURE_DIM, bs), 3, repeats)["median_ms"]
+    models = {"teacher": build_teacher(cfg, ("V", "A", "L")).to(device),
+              "student": build_student(cfg, "language_audio", "V", s.lengths, "down").to(device)}
+    out: dict[str, Any] = {name: {"parameters": count_parameters(m)} for name, m in models.items()}
+    for bs in (1, 32):
+        inputs = random_inputs(s.lengths, FEATURE_DIM, bs)
+        for m in models.values():
+            measure_latency(m, inputs, 3, 1)
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for _ in range(repeats):
+            for name, m in models.items():
+                times[name].append(measure_latency(m, inputs, 0, 1)["median_ms"])
+        for name in models:
+            out[name][f"b{bs}_ms"] = statistics.median(times[name])
     out["student_over_teacher_b1"] = out["student"]["b1_ms"] / out["teacher"]["b1_ms"]
     out["student_over_teacher_b32"] = out["student"]["b32_ms"] / out["teacher"]["b32_ms"]
     return out
@@ -239,7 +250,7 @@ def bench(default_model: dict[str, Any], default_lengths: dict[str, int], batch_
             "attention_kd_over_nokd_step": ts["student_attention_kd"]["step_s"] / ts["student_nokd"]["step_s"],
             "output_kd_over_nokd_step": ts["student_output_kd"]["step_s"] / ts["student_nokd"]["step_s"],
         }
-        entry["inference"] = latency(s, device, repeats=20 if s.name == "default" else 5)
+        entry["inference"] = latency(s, device, repeats=20 if s.name == "default" else 9)
         log(f"[{s.name}] inference b1: teacher {entry['inference']['teacher']['b1_ms']:.2f} ms, "
             f"student {entry['inference']['student']['b1_ms']:.2f} ms")
         result["settings"][s.name] = entry
