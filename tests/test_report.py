@@ -191,3 +191,17 @@ def test_snakemake_html_report(tiny_run, tmp_path):
     text = html.read_text()
     for needle in ["accuracy.png", "attention.png", "table1.csv", "Knowledge distillation from a multimodal teacher"]:
         assert needle in text, needle
+
+
+@pytest.mark.e2e
+def test_best_student_of_the_cost_line_is_picked_on_validation(tiny_run):
+    from mmdistill.report.table import cost_ratios
+
+    reg, table, runs, _ = _report_inputs(tiny_run)
+    students = runs[(runs.role == "student") & runs.name.isin(table[table.method != "none"].name)]
+    by_valid = students.groupby("name").valid_acc.mean()
+    assert cost_ratios(table, reg, runs)["best_student"] == by_valid.idxmax()
+    # make another student the best on validation: the choice follows it, whatever the test split says
+    other = by_valid.drop(by_valid.idxmax()).index[0]
+    runs.loc[(runs.role == "student") & (runs.name == other), "valid_acc"] = 101.0
+    assert cost_ratios(table, reg, runs)["best_student"] == other

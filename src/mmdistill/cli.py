@@ -96,7 +96,7 @@ def cmd_report(args) -> int:
     profile = read_json(reg.profile())
     runs = collect_runs(reg)
     table = add_paired_stats(table1(reg, runs, profile), reg, runs)
-    ratios = cost_ratios(table, reg)
+    ratios = cost_ratios(table, reg, runs)
     write_text(reg.table("csv"), table.to_csv(index=False, float_format="%.4f"))
     write_text(reg.table("md"), to_markdown(table, ratios, profile, reg.source))
     log.info("wrote %s and %s", reg.table("csv"), reg.table("md"))

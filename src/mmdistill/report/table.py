@@ -36,6 +36,7 @@ def collect_runs(reg: Registry) -> pd.DataFrame:
         rows.append({
             "role": run.role, "name": run.name, "seed": run.seed,
             "acc": 100 * t["acc7"], "f1": 100 * t["f1_weighted"], "f1_macro": 100 * t["f1_macro"],
+            "valid_acc": 100 * m["valid"]["acc7"],
             "mae": t["mae"], "pearson": t["pearson"], "parameters": m["parameters"],
             "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"], "train_seconds": m["train_seconds"],
         })
@@ -116,8 +117,12 @@ def _student_extra(s) -> dict[str, Any]:
     return {"configuration": s.configuration, "teacher": s.teacher or "", "method": s.method, "level": s.level or ""}
 
 
-def cost_ratios(table: pd.DataFrame, reg: Registry) -> dict[str, Any] | None:
-    """Parameters and batch-1 latency of the best distilled student against the complete teacher."""
+def cost_ratios(table: pd.DataFrame, reg: Registry, runs: pd.DataFrame) -> dict[str, Any] | None:
+    """Parameters and batch-1 latency of the best distilled student against the complete teacher.
+
+    Best: the highest mean *validation* accuracy over seeds (as the robustness report picks
+    it), so that the test split plays no part in the choice.
+    """
     complete = [n for n, t in reg.teachers.items() if set(t.branches) == {"V", "A", "L"}]
     students = table[(table.network == "Student") & (table.method != "none")]
     if students.empty:
@@ -125,7 +130,8 @@ def cost_ratios(table: pd.DataFrame, reg: Registry) -> dict[str, Any] | None:
     teachers = table[(table.network == "Teacher") & table.name.isin(complete)]
     if students.empty or teachers.empty or "latency_b1_ms" not in table:
         return None
-    best = students.sort_values("acc_mean", ascending=False).iloc[0]
+    valid = runs[runs.role == "student"].groupby("name").valid_acc.mean()
+    best = students.assign(valid_acc=students.name.map(valid)).sort_values("valid_acc", ascending=False).iloc[0]
     teacher = teachers.iloc[0]
     return {
         "best_student": best["name"], "teacher": teacher["name"],
@@ -174,7 +180,7 @@ def to_markdown(table: pd.DataFrame, ratios: dict[str, Any] | None, profile: dic
     if ratios:
         lines += [
             "",
-            f"Best distilled student `{ratios['best_student']}`: {ratios['student_parameters']:,} parameters vs "
+            f"Best distilled student (mean validation accuracy) `{ratios['best_student']}`: {ratios['student_parameters']:,} parameters vs "
             f"{ratios['teacher_parameters']:,} for the complete teacher `{ratios['teacher']}` "
             f"({ratios['parameter_ratio']:.2f}x fewer; paper: 2.5x), batch-1 latency "
             f"{ratios['student_latency_ms']:.2f} ms vs {ratios['teacher_latency_ms']:.2f} ms "
