@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="results/bench", help="output path without suffix (.json and .md are written)")
     b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     b.add_argument("--no-full", action="store_true", help="skip MOSEI's full lengths")
-    b.add_argument("--full-steps", type=int, default=2, help="timed steps at full length")
+    b.add_argument("--full-steps", type=int, default=4, help="timed steps at full length (median)")
     b.add_argument("--what", choices=["steps", "rows", "all"], default="all",
                    help="steps: step cost and latency cases; rows: every student row's training cost; all: both")
     b.add_argument("--row-epochs", type=int, default=3, help="epochs timed per row (median reported)")
