@@ -20,6 +20,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -123,11 +124,14 @@ class TeacherCache:
         names = ["main"] + list(views)
         keep = {"main": tuple(split.inputs), **views}
         parts: dict[str, tuple[list, list]] = {n: ([], []) for n in names}
-        inner: list[ModelOutput] = []  # per batch, the main pass's internals while they fit
+        # field -> transformer -> per-layer (N, ...) tensor of the whole split, filled batch by
+        # batch in place (no per-batch list and no concatenation: the split's internals exist once)
+        store: dict[str, dict[str, list[torch.Tensor]]] | None = None
         want_inner = not internals.empty
         with torch.no_grad():
             for b in split.batches(batch_size):
-                inputs = b.to(device).inputs
+                b = b.to(device)
+                inputs = b.inputs
                 for n in names:
                     with_inner = n == "main" and want_inner
                     out = teacher(mask_inputs(inputs, keep[n]),
@@ -135,13 +139,15 @@ class TeacherCache:
                     parts[n][0].append(out.logits)
                     parts[n][1].append(out.penultimate)
                     if with_inner:
-                        if not inner:  # first batch: decide for the whole split
+                        if store is None:  # first batch: decide for the whole split
                             want_inner = self._fits(out, len(b), len(split), budget_mb)
+                            store = _allocate(out, len(split)) if want_inner else None
                         if want_inner:
-                            inner.append(out)
+                            for f, name, i, t in _internals(out):
+                                store[f][name][i][b.index] = t
         self.outputs = {n: (torch.cat(lg), torch.cat(pen)) for n, (lg, pen) in parts.items()}
         self.views = list(views)
-        self.internals = {f: _concat([getattr(o, f) for o in inner]) for f in INTERNALS} if want_inner else None
+        self.internals = store
 
     @staticmethod
     def _fits(out: ModelOutput, batch: int, n: int, budget_mb: float) -> bool:
@@ -170,9 +176,20 @@ class TeacherCache:
         return out
 
 
-def _concat(stores: list[dict[str, list[torch.Tensor]]]) -> dict[str, list[torch.Tensor]]:
-    """Per-batch {name: [per-layer tensor]} -> one {name: [per-layer tensor over all batches]}."""
-    return {k: [torch.cat(layer) for layer in zip(*(s[k] for s in stores))] for k in stores[0]} if stores else {}
+def _internals(out: ModelOutput) -> Iterator[tuple[str, str, int, torch.Tensor]]:
+    """(field, transformer, layer, tensor) of every internal ``out`` holds."""
+    for f in INTERNALS:
+        for name, layers in getattr(out, f).items():
+            for i, t in enumerate(layers):
+                yield f, name, i, t
+
+
+def _allocate(out: ModelOutput, n: int) -> dict[str, dict[str, list[torch.Tensor]]]:
+    """Empty tensors for ``n`` samples shaped like the internals of one batch's output."""
+    store: dict[str, dict[str, list[torch.Tensor]]] = {f: {} for f in INTERNALS}
+    for f, name, _, t in _internals(out):
+        store[f].setdefault(name, []).append(t.new_empty((n, *t.shape[1:])))
+    return store
 
 
 def _rows(store: dict[str, list[torch.Tensor]], idx: torch.Tensor) -> dict[str, list[torch.Tensor]]:
@@ -180,8 +197,7 @@ def _rows(store: dict[str, list[torch.Tensor]], idx: torch.Tensor) -> dict[str, 
 
 
 def _internal_bytes(out: ModelOutput) -> int:
-    tensors = [t for f in INTERNALS for v in getattr(out, f).values() for t in v]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(t.numel() * t.element_size() for *_, t in _internals(out))
 
 
 class Objective:
