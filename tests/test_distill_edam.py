@@ -215,8 +215,8 @@ def test_map_cross_entropy_matches_row_cross_entropy(spread):
 
 @pytest.mark.parametrize("variant", ["S", "T"])
 def test_models_own_maps_give_the_same_loss_and_gradients(variant):
-    """The default path (the models' maps) against the scores-only path (temperature 1 given as
-    1.0 + 0 through the general formula): same value and student gradients."""
+    """The default path (the models' maps) against row_cross_entropy on the scores, with the
+    teacher's target recomputed from its scores: same value and student gradients."""
     from mmdistill.distill.edam import row_cross_entropy
 
     s = _out(_scores(seed=1, grad=True, Tq=6, Tk=6))
