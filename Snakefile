@@ -8,13 +8,17 @@ from mmdistill.registry import Registry, Run
 
 min_version("9.0")
 
+
 configfile: "params.yaml"
+
+
 # `snakemake --cores 1 --report results/report.html`: tables, figures with captions, the parameters
 report: "workflow/report/workflow.rst"
 
 
 validate(config, "workflow/schemas/params.schema.yaml")
 REG = Registry(config)
+
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"

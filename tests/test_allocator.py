@@ -16,7 +16,8 @@ for _ in range(8):  # warm-up: the heap grows to its working size (a few rounds)
     y = torch.cat([x, x]).softmax(-1); del y
 f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
-    y = torch.cat([x, x]).softmax(-1); del y  # two 48 MB temporaries per round (above glibc's largest mmap threshold, 32 MB)
+    # two 48 MB temporaries per round (above glibc's largest mmap threshold, 32 MB)
+    y = torch.cat([x, x]).softmax(-1); del y
 faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 10
 print(applied, faults)
 """

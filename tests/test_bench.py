@@ -18,11 +18,27 @@ def test_attention_kd_counts_more_flops_than_nokd():
 
 def test_markdown_has_a_row_per_case():
     case = {"step_s": 0.01, "gflops_per_s": 1.0, "fraction_of_matmul": 0.1, "peak_mem_mb": 5.0, "parameters": 10}
-    inf = {"teacher": {"b1_ms": 2.0, "b32_ms": 9.0}, "student": {"b1_ms": 1.0, "b32_ms": 3.0},
-           "student_over_teacher_b1": 0.5}
-    r = {"device": "cpu", "processor": "x", "threads": 1, "torch": "t", "matmul_gflops": 10.0,
-         "settings": {"default": {"train_step": {c: case for c in CASES}, "inference": inf, "lengths": TINY.lengths,
-                                  "batch_size": 4, "ratios": {"attention_kd_over_nokd_step": 1.2}}}}
+    inf = {
+        "teacher": {"b1_ms": 2.0, "b32_ms": 9.0},
+        "student": {"b1_ms": 1.0, "b32_ms": 3.0},
+        "student_over_teacher_b1": 0.5,
+    }
+    r = {
+        "device": "cpu",
+        "processor": "x",
+        "threads": 1,
+        "torch": "t",
+        "matmul_gflops": 10.0,
+        "settings": {
+            "default": {
+                "train_step": {c: case for c in CASES},
+                "inference": inf,
+                "lengths": TINY.lengths,
+                "batch_size": 4,
+                "ratios": {"attention_kd_over_nokd_step": 1.2},
+            }
+        },
+    }
     md = to_markdown(r)
     assert all(f"| default | {c} |" in md for c in CASES)
 
@@ -51,7 +67,7 @@ def test_row_costs_cover_every_student_row_against_a_same_architecture_baseline(
     reg = Registry(params)
     r = row_costs(reg, epochs=1, log=lambda *a: None)
     assert set(r["rows"]) == set(reg.students)
-    for name, x in r["rows"].items():
+    for x in r["rows"].values():
         assert x["epoch_s"] > 0 and x["over_same_architecture_nokd"] > 0
         base = r["baselines"][x["architecture"]]
         assert base["parameters"] == x["parameters"]  # the baseline has the row's architecture

@@ -64,9 +64,7 @@ class Server:
                 self.wfile.write(body[start:])
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
@@ -106,16 +104,14 @@ def test_dropped_connection_resumes_with_range(server, tmp_path):
 
 def test_resume_on_second_url(server, tmp_path):
     dest = tmp_path / "file.bin"
-    fetch([server.url("/alwaysdrop"), server.url("/good")], dest, progress=False,
-          attempts=1, backoff=0)
+    fetch([server.url("/alwaysdrop"), server.url("/good")], dest, progress=False, attempts=1, backoff=0)
     assert dest.read_bytes() == PAYLOAD
     assert server.requests[-1] == ("/good", f"bytes={len(PAYLOAD) // 2}-")
 
 
 def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
     dest = tmp_path / "file.bin"
-    fetch([server.url("/alwaysdrop"), server.url("/norange")], dest, sha256=SHA,
-          progress=False, attempts=1, backoff=0)
+    fetch([server.url("/alwaysdrop"), server.url("/norange")], dest, sha256=SHA, progress=False, attempts=1, backoff=0)
     assert dest.read_bytes() == PAYLOAD  # not half + whole
 
 

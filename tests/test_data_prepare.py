@@ -22,7 +22,8 @@ def split_of(n: int, t: int = 5, labels=None, seed: int = 0) -> dict[str, np.nda
         "vision": rng.standard_normal((n, t, 35)).astype(np.float32),
         "audio": rng.standard_normal((n, t, 74)).astype(np.float32),
         "text": rng.standard_normal((n, t, 300)).astype(np.float32),
-        "labels": np.zeros((n, 1, 1), np.float32) if labels is None
+        "labels": np.zeros((n, 1, 1), np.float32)
+        if labels is None
         else np.asarray(labels, np.float32).reshape(n, 1, 1),
         "id": np.array([f"seg{i}" for i in range(n)]),
     }

@@ -181,8 +181,7 @@ def test_sdk_csd_errors(tmp_path):
         sdk_csd.load(tmp_path, LENGTHS, {**folds, "test": ["v0"]})
     with pytest.raises(DataError, match="no segment falls in split 'valid'"):
         sdk_csd.load(tmp_path, LENGTHS, {**folds, "valid": []})
-    write_csd(tmp_path / "CMU_MOSEI_COVAREP.csd", "root_A",
-              {"v0": (np.ones((2, 70)), np.array([[0.0, 1], [1, 2]]))})
+    write_csd(tmp_path / "CMU_MOSEI_COVAREP.csd", "root_A", {"v0": (np.ones((2, 70)), np.array([[0.0, 1], [1, 2]]))})
     with pytest.raises(DataError, match=r"CMU_MOSEI_COVAREP\.csd: video v0 features have 70 columns"):
         sdk_csd.load(tmp_path, LENGTHS, folds)
     (tmp_path / "CMU_MOSEI_COVAREP.csd").unlink()
@@ -249,9 +248,7 @@ def test_acquire_sdk_csd_download_and_prepare_with_folds(file_server, tmp_path):
     folds = make_csd_dir(root, nested=True)
     cfg = cfg_for("sdk_csd", base_urls=[base + "/nothing/", base])
     raw_dir = acquire(cfg, tmp_path / "raw", progress=False)
-    assert sorted(p.name for p in raw_dir.iterdir()) == sorted(
-        Path(r).name for r in sdk_csd.CSD_FILES.values()
-    )
+    assert sorted(p.name for p in raw_dir.iterdir()) == sorted(Path(r).name for r in sdk_csd.CSD_FILES.values())
     (raw_dir / "mosei_folds.json").write_text(json.dumps(folds))
     summary = prepare_dataset(cfg, raw_dir, tmp_path / "d.h5", tmp_path / "d.json")
     assert summary["n"] == {"train": 8, "valid": 2, "test": 2}
@@ -265,7 +262,9 @@ def test_acquire_sdk_csd_local_path_without_folds(tmp_path):
     make_csd_dir(tmp_path / "csd", n_videos=30)
     cfg = cfg_for("sdk_csd", path=str(tmp_path / "csd"))
     assert acquire(cfg, tmp_path / "raw") == tmp_path / "raw"
-    assert sorted(p.name for p in (tmp_path / "raw").glob("*.csd")) == sorted(p.name for p in (tmp_path / "csd").rglob("*.csd"))
+    assert sorted(p.name for p in (tmp_path / "raw").glob("*.csd")) == sorted(
+        p.name for p in (tmp_path / "csd").rglob("*.csd")
+    )
     summary = prepare_dataset(cfg, tmp_path / "raw", tmp_path / "d.h5", tmp_path / "d.json")
     assert "not the standard folds" in summary["raw"]["folds"]
     assert sum(summary["n"].values()) == 60

@@ -23,15 +23,23 @@ def _out(B=4, C=7, P=6, L=2, H=2, Tq=6, Tk=6, d=4, grad=False, seed=0):
     r = lambda *s: torch.randn(*s, generator=g).requires_grad_(grad)  # noqa: E731
     att = {p: [r(B, H, Tq, Tk) for _ in range(L)] for p in PAIRS}
     return ModelOutput(
-        r(B, C), r(B, P), attention=att, maps={p: [x.softmax(-1) for x in v] for p, v in att.items()},
+        r(B, C),
+        r(B, P),
+        attention=att,
+        maps={p: [x.softmax(-1) for x in v] for p, v in att.items()},
         post_attention={p: [r(B, Tq, d) for _ in range(L)] for p in PAIRS},
     )
 
 
 def _remap(out):
     """The same output with its maps computed afresh from its scores (a new graph per pass)."""
-    return ModelOutput(out.logits, out.penultimate, attention=out.attention, post_attention=out.post_attention,
-                       maps={p: [x.softmax(-1) for x in v] for p, v in out.attention.items()})
+    return ModelOutput(
+        out.logits,
+        out.penultimate,
+        attention=out.attention,
+        post_attention=out.post_attention,
+        maps={p: [x.softmax(-1) for x in v] for p, v in out.attention.items()},
+    )
 
 
 def _ctx(level, s, t, n_data=50, pairs=PAIRS):
@@ -41,8 +49,9 @@ def _ctx(level, s, t, n_data=50, pairs=PAIRS):
 def _batch(B, K, n_data=50, seed=0):
     g = torch.Generator().manual_seed(seed)
     index = torch.randperm(n_data, generator=g)[:B]
-    return Batch({}, torch.zeros(B, dtype=torch.long), torch.zeros(B), index,
-                 torch.randint(0, n_data, (B, K), generator=g))
+    return Batch(
+        {}, torch.zeros(B, dtype=torch.long), torch.zeros(B), index, torch.randint(0, n_data, (B, K), generator=g)
+    )
 
 
 SMALL = {"nce_k": 10, "feat_dim": 8, "row_bins": 3}
@@ -56,8 +65,13 @@ def test_finite_and_gradients_student_and_heads_only(level):
     v = loss(s, t, _batch(4, 10))
     assert v.dim() == 0 and torch.isfinite(v)
     v.backward()
-    s_leaves = [s.logits] if level == "final" else [s.penultimate] if level == "penultimate" else \
-        [x for p in PAIRS for x in getattr(s, level)[p]]
+    s_leaves = (
+        [s.logits]
+        if level == "final"
+        else [s.penultimate]
+        if level == "penultimate"
+        else [x for p in PAIRS for x in getattr(s, level)[p]]
+    )
     assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in s_leaves)
     t_leaves = [t.logits, t.penultimate] + [x for p in PAIRS for x in t.attention[p] + t.post_attention[p]]
     assert all(x.grad is None for x in t_leaves)
@@ -106,8 +120,7 @@ def _golden_setup():
     ft = np.array([[0.2, 1.0, -0.4], [0.7, -0.5, 1.5]])
     s = ModelOutput(torch.tensor(fs, dtype=torch.float32), torch.zeros(2, 1))
     t = ModelOutput(torch.tensor(ft, dtype=torch.float32), torch.zeros(2, 1))
-    loss = build_loss("crd", _ctx("final", s, t, n_data=n_data),
-                      {"nce_k": 2, "feat_dim": fdim, "nce_t": T})
+    loss = build_loss("crd", _ctx("final", s, t, n_data=n_data), {"nce_k": 2, "feat_dim": fdim, "nce_t": T})
     unit = loss.units["final"]
     with torch.no_grad():  # identity heads: the embeddings are the normalized inputs
         for head in (unit.embed_s, unit.embed_t):
@@ -117,8 +130,9 @@ def _golden_setup():
     bank_s, bank_t = _unit_rows(rng, n_data, fdim), _unit_rows(rng, n_data, fdim)
     unit.memory.bank_s.copy_(torch.tensor(bank_s)[None])
     unit.memory.bank_t.copy_(torch.tensor(bank_t)[None])
-    batch = Batch({}, torch.zeros(2, dtype=torch.long), torch.zeros(2), torch.tensor([3, 1]),
-                  torch.tensor([[0, 4], [2, 2]]))
+    batch = Batch(
+        {}, torch.zeros(2, dtype=torch.long), torch.zeros(2), torch.tensor([3, 1]), torch.tensor([[0, 4], [2, 2]])
+    )
     idx = np.array([[3, 0, 4], [1, 2, 2]])
     return loss, unit, s, t, batch, (fs, ft, bank_s, bank_t, idx, T, n_data)
 
@@ -207,9 +221,12 @@ def test_negatives_are_checked():
 
 def test_requests_options_and_levels():
     s, t = _out(), _out()
-    for level, want in (("final", NOTHING), ("penultimate", NOTHING),
-                        ("attention", Request(maps=frozenset(["V<-A"]))),
-                        ("post_attention", Request(post_attention=frozenset(["V<-A"])))):
+    for level, want in (
+        ("final", NOTHING),
+        ("penultimate", NOTHING),
+        ("attention", Request(maps=frozenset(["V<-A"]))),
+        ("post_attention", Request(post_attention=frozenset(["V<-A"]))),
+    ):
         loss = build_loss("crd", _ctx(level, s, t, pairs=("V<-A",)), SMALL)
         assert loss.student_request() == want and loss.teacher_request() == want
         assert set(loss.units) == ({"V<-A"} if level in ("attention", "post_attention") else {level})
@@ -259,7 +276,6 @@ def test_bank_size_estimate_and_bound():
     assert "feat_dim" in str(err.value)
     with pytest.raises(ValueError, match="max_bank_mb=100"):
         build_loss("crd", _ctx("attention", s, s, n_data=16326), {"row_bins": 4, "max_bank_mb": 100})
-
 
 
 @pytest.mark.parametrize("K", [4, 30])  # 4 x 5 < 50 rows: gathered scores; 4 x 31 > 50: whole-bank product

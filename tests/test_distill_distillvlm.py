@@ -25,8 +25,13 @@ def _out(B=3, L=2, H=2, Tq=5, Tk=4, d=6, grad=False, seed=0):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g).requires_grad_(grad)  # noqa: E731
     att = {p: [r(B, H, Tq, Tk) for _ in range(L)] for p in PAIRS}
-    return ModelOutput(r(B, 7), r(B, 4), attention=att, maps={p: [x.softmax(-1) for x in v] for p, v in att.items()},
-                       post_attention={p: [r(B, Tq, d) for _ in range(L)] for p in PAIRS})
+    return ModelOutput(
+        r(B, 7),
+        r(B, 4),
+        attention=att,
+        maps={p: [x.softmax(-1) for x in v] for p, v in att.items()},
+        post_attention={p: [r(B, Tq, d) for _ in range(L)] for p in PAIRS},
+    )
 
 
 def _ctx(s, t, pairs=PAIRS, level="attention"):
@@ -173,8 +178,9 @@ def test_real_student_and_teacher_configuration_5():
         with torch.no_grad():
             return student(inputs, sr), teacher(inputs, tr)
 
-    loss = build_loss("distillvlm", DistillContext(level="attention", pairs=PAIRS, n_data=4, probe=probe),
-                      {"queue_size": 16})
+    loss = build_loss(
+        "distillvlm", DistillContext(level="attention", pairs=PAIRS, n_data=4, probe=probe), {"queue_size": 16}
+    )
     with torch.no_grad():
         t_out = teacher(inputs, loss.teacher_request())
     v = loss(student(inputs, loss.student_request()), t_out, _batch(4))
@@ -184,8 +190,13 @@ def test_real_student_and_teacher_configuration_5():
     assert all(p.grad is None for p in teacher.parameters())
     full = build_student(cfg, "language_audio", "V", lengths, "full")
     with pytest.raises(ValueError, match="proxy 'down'"):
-        build_loss("distillvlm", DistillContext(level="attention", pairs=PAIRS, n_data=4,
-                                                probe=lambda sr, tr: (full(inputs, sr), teacher(inputs, tr))), {})
+        build_loss(
+            "distillvlm",
+            DistillContext(
+                level="attention", pairs=PAIRS, n_data=4, probe=lambda sr, tr: (full(inputs, sr), teacher(inputs, tr))
+            ),
+            {},
+        )
 
 
 def test_training_samples_tokens_and_enqueues_their_teacher_states():

@@ -15,8 +15,12 @@ PAIRS = ("V<-A", "V<-L")
 
 def _out(att, B=3):
     """att: pair -> list over layers of (B, H, Tq, Tk) scores; the maps are their softmax, as a model's."""
-    return ModelOutput(torch.zeros(B, 7), torch.zeros(B, 4), attention=att,
-                       maps={p: [x.softmax(-1) for x in v] for p, v in att.items()})
+    return ModelOutput(
+        torch.zeros(B, 7),
+        torch.zeros(B, 4),
+        attention=att,
+        maps={p: [x.softmax(-1) for x in v] for p, v in att.items()},
+    )
 
 
 def _scores(B=3, H=2, L=2, Tq=5, Tk=4, seed=0, grad=False, pairs=PAIRS):
@@ -76,8 +80,10 @@ def test_values_match_direct_formula_both_directions():
         want = 0.0
         for p in PAIRS:
             # -sum_k a_k log b_k per row; mean over rows/heads/batch, then layers, then pairs
-            layer_vals = [-((x / T).softmax(-1) * (y / T).softmax(-1).log()).sum(-1).mean()
-                          for x, y in zip(a.attention[p], b.attention[p])]
+            layer_vals = [
+                -((x / T).softmax(-1) * (y / T).softmax(-1).log()).sum(-1).mean()
+                for x, y in zip(a.attention[p], b.attention[p])
+            ]
             want += sum(layer_vals) / len(layer_vals) / len(PAIRS)
         assert math.isclose(loss(s, t, _batch()).item(), float(want), rel_tol=1e-5)
 
@@ -151,7 +157,9 @@ def test_contract_and_options():
     assert loss.teacher_request() == Request(maps=pair)
     # EDAM-T up-samples the teacher's scores; a temperature needs the scores on both sides
     t_var = build_loss("edam", _ctx(s, s, pairs=("V<-L",)), {"variant": "T"})
-    assert t_var.student_request() == Request(attention=pair, maps=pair) and t_var.teacher_request() == Request(attention=pair)
+    assert t_var.student_request() == Request(attention=pair, maps=pair) and t_var.teacher_request() == Request(
+        attention=pair
+    )
     warm = build_loss("edam", _ctx(s, s, pairs=("V<-L",)), {"temperature": 2.0})
     assert warm.student_request() == warm.teacher_request() == Request(attention=pair)
     assert loss.needs_negatives == 0
@@ -204,8 +212,9 @@ def test_map_cross_entropy_matches_row_cross_entropy(spread):
     if spread > 1:
         b32 = b.detach().float()
         assert (b32.softmax(-1) == 0).any()  # the float32 map has exact zeros: log p would be -inf there
-        torch.testing.assert_close(map_cross_entropy(a.detach().float(), b32, b32.softmax(-1)),
-                                   row_cross_entropy(a.detach().float(), b32, 1.0))
+        torch.testing.assert_close(
+            map_cross_entropy(a.detach().float(), b32, b32.softmax(-1)), row_cross_entropy(a.detach().float(), b32, 1.0)
+        )
     got = map_cross_entropy(a, b, b.softmax(-1))
     want = row_cross_entropy(a, b, 1.0)
     torch.testing.assert_close(got, want)
@@ -226,8 +235,15 @@ def test_models_own_maps_give_the_same_loss_and_gradients(variant):
     got = loss(s, t, _batch())
     leaves = [x for p in PAIRS for x in s.attention[p]]
     g_got = torch.autograd.grad(got, leaves)
-    want = sum(torch.stack([row_cross_entropy(loss.teacher_scores(p, y).softmax(-1), x, 1.0)
-                            for x, y in zip(s.attention[p], t.attention[p])]).mean() for p in PAIRS) / len(PAIRS)
+    want = sum(
+        torch.stack(
+            [
+                row_cross_entropy(loss.teacher_scores(p, y).softmax(-1), x, 1.0)
+                for x, y in zip(s.attention[p], t.attention[p])
+            ]
+        ).mean()
+        for p in PAIRS
+    ) / len(PAIRS)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(g_got, torch.autograd.grad(want, leaves))
 

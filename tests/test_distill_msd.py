@@ -14,8 +14,9 @@ from mmdistill.models import ModelConfig, build_student, build_teacher
 from mmdistill.models.outputs import NOTHING, ModelOutput, Request
 
 LENGTHS = {"V": 6, "A": 6, "L": 3}
-CFG = ModelConfig.from_dict({"d_model": 8, "n_heads": 2, "n_layers": 1, "relu_dropout": 0.0, "res_dropout": 0.0,
-                             "embed_dropout": 0.0})
+CFG = ModelConfig.from_dict(
+    {"d_model": 8, "n_heads": 2, "n_layers": 1, "relu_dropout": 0.0, "res_dropout": 0.0, "embed_dropout": 0.0}
+)
 
 
 def make_split(name: str, n: int, seed: int) -> SplitData:
@@ -50,9 +51,13 @@ def make_loss(setup, weighting, student=None, **options):
         with torch.no_grad():
             return student(batch.inputs, s_req), teacher(batch.inputs, t_req)
 
-    ctx = DistillContext(level="final", pairs=(), n_data=len(train), probe=probe,
-                         extra={"student": student, "teacher": teacher, "train_split": train,
-                                "valid_split": valid, "batch_size": 8})
+    ctx = DistillContext(
+        level="final",
+        pairs=(),
+        n_data=len(train),
+        probe=probe,
+        extra={"student": student, "teacher": teacher, "train_split": train, "valid_split": valid, "batch_size": 8},
+    )
     return build_loss("msd", ctx, {"weighting": weighting, **options}), student
 
 
@@ -74,8 +79,15 @@ def test_population_saliency_matches_direct_computation(setup):
     got = population_saliency(teacher, train, ("V", "A", "L"), batch_size=7)
     with torch.no_grad():
         p = true_class_probability(teacher(train.inputs, NOTHING).logits, train.label)
-        want = [(p - true_class_probability(teacher({**train.inputs, m: torch.zeros_like(train.inputs[m])},
-                                                    NOTHING).logits, train.label)).mean() for m in "VAL"]
+        want = [
+            (
+                p
+                - true_class_probability(
+                    teacher({**train.inputs, m: torch.zeros_like(train.inputs[m])}, NOTHING).logits, train.label
+                )
+            ).mean()
+            for m in "VAL"
+        ]
     assert torch.allclose(got, torch.stack(want), atol=1e-6)
 
 
@@ -123,8 +135,11 @@ def test_instance_weights_are_per_sample_normalized_saliency(setup):
     z = lambda rows: ModelOutput(torch.tensor(rows).repeat(1, 4)[:, :7], torch.zeros(2, 4))  # noqa: E731
     t = ModelOutput(full, torch.zeros(2, 4))
     # sample 0: removing V hurts, A does not, L hurts more; sample 1: nothing hurts -> uniform
-    t.views = {"no_V": z([[1.0, 0.0], [0.0, 3.0]]), "no_A": z([[2.0, 0.0], [0.0, 2.5]]),
-               "no_L": z([[0.0, 0.0], [0.0, 2.0]])}
+    t.views = {
+        "no_V": z([[1.0, 0.0], [0.0, 3.0]]),
+        "no_A": z([[2.0, 0.0], [0.0, 2.5]]),
+        "no_L": z([[0.0, 0.0], [0.0, 2.0]]),
+    }
     w = loss.instance_weights(t, label)
     p = lambda logits: true_class_probability(logits, label)  # noqa: E731
     s0 = torch.stack([p(full) - p(t.views[f"no_{m}"].logits) for m in "VAL"], 1)[0]

@@ -43,6 +43,8 @@ def test_matches_scikit_learn_on_random_labels():
         m = classification_metrics(y_true, y_pred)
         labels = list(range(7))
         assert m["acc7"] == pytest.approx(accuracy_score(y_true, y_pred))
-        assert m["f1_weighted"] == pytest.approx(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0))
+        assert m["f1_weighted"] == pytest.approx(
+            f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)
+        )
         assert m["f1_macro"] == pytest.approx(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
         assert m["confusion"] == confusion_matrix(y_true, y_pred, labels=labels).tolist()

@@ -9,8 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from mmdistill.models import (
-    CONFIGURATIONS, PAPER_PRESET, ModelConfig, MulTTeacher, Request, UnimodalStudent,
-    build_student, build_teacher, count_parameters,
+    CONFIGURATIONS,
+    PAPER_PRESET,
+    ModelConfig,
+    MulTTeacher,
+    Request,
+    UnimodalStudent,
+    build_student,
+    build_teacher,
+    count_parameters,
 )
 from mmdistill.models import transformer as tr
 from mmdistill.models.teacher import teacher_transformer_names
@@ -304,11 +311,16 @@ def test_internals_only_runs_just_the_requested_transformers():
     cfg = ModelConfig.from_dict({"d_model": 8, "n_heads": 2, "n_layers": 2})
     teacher = build_teacher(cfg, ("V", "A", "L")).eval()
     g = torch.Generator().manual_seed(1)
-    inputs = {"V": torch.randn(2, 12, 35, generator=g), "A": torch.randn(2, 12, 74, generator=g),
-              "L": torch.randn(2, 6, 300, generator=g)}
+    inputs = {
+        "V": torch.randn(2, 12, 35, generator=g),
+        "A": torch.randn(2, 12, 74, generator=g),
+        "L": torch.randn(2, 6, 300, generator=g),
+    }
     full = teacher(inputs, Request(attention=frozenset({"V<-A", "V*"})))
     calls = []
-    hooks = [enc.register_forward_hook(lambda m, i, o, n=n: calls.append(n)) for n, enc in teacher.stack.encoders.items()]
+    hooks = [
+        enc.register_forward_hook(lambda m, i, o, n=n: calls.append(n)) for n, enc in teacher.stack.encoders.items()
+    ]
     part = teacher(inputs, Request(attention=frozenset({"V<-A", "V*"}), internals_only=True))
     for h in hooks:
         h.remove()

@@ -54,7 +54,7 @@ def test_snakemake_pipeline(tiny_run, tmp_path):
     extra = ["c5_msd_population", "c5_msd_instance", "c5_msd_meta", "c5_distillvlm"]
     group = table[table.group == table.loc[table.name == "c5_hinton", "group"].iloc[0]]
     names = list(group.name)
-    assert names[names.index("c5_hinton") + 1:names.index("c5_hinton") + 5] == extra
+    assert names[names.index("c5_hinton") + 1 : names.index("c5_hinton") + 5] == extra
     assert table[table.name.isin(extra)].paper_acc.isna().all()
     assert group.loc[group.name == "c5_msd_meta", "description"].str.contains("MSD").all()
     curves = pd.read_csv(project / "results" / "students" / "c5_msd_meta" / "seed0" / "curves.csv")

@@ -28,7 +28,12 @@ def test_wrong_type_is_named(params):
 
 def test_unknown_method_and_configuration(params):
     bad = copy.deepcopy(params)
-    bad["students"]["x"] = {"configuration": "language_audio", "teacher": "complete", "method": "magic", "level": "final"}
+    bad["students"]["x"] = {
+        "configuration": "language_audio",
+        "teacher": "complete",
+        "method": "magic",
+        "level": "final",
+    }
     with pytest.raises(ParamsError, match=r"students\.x\.method"):
         Registry(bad)
     bad = copy.deepcopy(params)
@@ -38,21 +43,35 @@ def test_unknown_method_and_configuration(params):
 
 
 def test_level_the_method_does_not_support(params):
-    params["students"]["x"] = {"configuration": "language_audio", "teacher": "complete", "method": "msd",
-                               "level": "attention"}
+    params["students"]["x"] = {
+        "configuration": "language_audio",
+        "teacher": "complete",
+        "method": "msd",
+        "level": "attention",
+    }
     with pytest.raises(ParamsError, match=r"students\.x\.level.*'msd' applies at \['final'\]"):
         Registry(params)
 
 
 def test_student_naming_a_missing_teacher(params):
-    params["students"]["x"] = {"configuration": "language_audio", "teacher": "nobody", "method": "crd", "level": "final"}
+    params["students"]["x"] = {
+        "configuration": "language_audio",
+        "teacher": "nobody",
+        "method": "crd",
+        "level": "final",
+    }
     with pytest.raises(ParamsError, match=r"students\.x\.teacher.*nobody"):
         Registry(params)
 
 
 def test_teacher_lacking_distilled_transformers(params):
     # configuration language_audio distils V<-A and V<-L, which the video branch does not have
-    params["students"]["x"] = {"configuration": "language_audio", "teacher": "video", "method": "edam", "level": "attention"}
+    params["students"]["x"] = {
+        "configuration": "language_audio",
+        "teacher": "video",
+        "method": "edam",
+        "level": "attention",
+    }
     with pytest.raises(ParamsError, match=r"lacks the transformers"):
         Registry(params)
 
@@ -96,7 +115,9 @@ def test_override_files_deep_merge(tmp_path):
     extra.write_text(yaml.safe_dump({"train": {"epochs": 99}}))
     reg = Registry.from_file(ROOT / "params.yaml", overrides=[extra])
     assert reg.params["train"]["epochs"] == 99
-    assert reg.params["train"]["batch_size"] == yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["batch_size"]
+    assert (
+        reg.params["train"]["batch_size"] == yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["batch_size"]
+    )
 
 
 def test_no_pipeline_output_is_committed():
@@ -108,9 +129,17 @@ def test_no_pipeline_output_is_committed():
     if not (ROOT / ".git").exists() or shutil.which("git") is None:
         pytest.skip("not a git checkout")
     reg = Registry.from_file(ROOT / "params.yaml")
-    outputs = [reg.profile(), reg.table("csv"), reg.table("md"), reg.figures_dir(), reg.robustness("csv"),
-               reg.robustness("md"), reg.prepared()]
+    outputs = [
+        reg.profile(),
+        reg.table("csv"),
+        reg.table("md"),
+        reg.figures_dir(),
+        reg.robustness("csv"),
+        reg.robustness("md"),
+        reg.prepared(),
+    ]
     outputs += [reg.run_dir(r) for r in reg.runs()]
-    tracked = subprocess.run(["git", "ls-files", "--", *map(str, outputs)], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", *map(str, outputs)], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert tracked == []

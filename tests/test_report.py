@@ -20,8 +20,14 @@ from scipy import stats as sps
 from mmdistill.io import read_json
 from mmdistill.registry import Registry
 from mmdistill.report.figures import FIGURES, FigureRows, make_figures
-from mmdistill.report.stats import (add_paired_stats, baselines, format_difference, paired_differences,
-                                    paired_test, sign_flip_p)
+from mmdistill.report.stats import (
+    add_paired_stats,
+    baselines,
+    format_difference,
+    paired_differences,
+    paired_test,
+    sign_flip_p,
+)
 from mmdistill.report.table import collect_runs
 from tests.conftest import run
 
@@ -77,14 +83,16 @@ def test_paired_degenerate_cases():
 def test_paired_differences_pair_by_seed(params):
     params["seeds"] = [0, 1, 2]
     reg = Registry(params)
-    runs = pd.DataFrame([  # rows deliberately out of seed order
-        {"role": "student", "name": "nokd", "seed": 2, "acc": 50.0, "f1": 30.0},
-        {"role": "student", "name": "c5_hinton", "seed": 0, "acc": 50.0, "f1": 31.0},
-        {"role": "student", "name": "nokd", "seed": 0, "acc": 48.0, "f1": 30.0},
-        {"role": "student", "name": "c5_hinton", "seed": 2, "acc": 54.0, "f1": 31.0},
-        {"role": "student", "name": "nokd", "seed": 1, "acc": 49.0, "f1": 30.0},
-        {"role": "student", "name": "c5_hinton", "seed": 1, "acc": 52.0, "f1": 31.0},
-    ])
+    runs = pd.DataFrame(
+        [  # rows deliberately out of seed order
+            {"role": "student", "name": "nokd", "seed": 2, "acc": 50.0, "f1": 30.0},
+            {"role": "student", "name": "c5_hinton", "seed": 0, "acc": 50.0, "f1": 31.0},
+            {"role": "student", "name": "nokd", "seed": 0, "acc": 48.0, "f1": 30.0},
+            {"role": "student", "name": "c5_hinton", "seed": 2, "acc": 54.0, "f1": 31.0},
+            {"role": "student", "name": "nokd", "seed": 1, "acc": 49.0, "f1": 30.0},
+            {"role": "student", "name": "c5_hinton", "seed": 1, "acc": 52.0, "f1": 31.0},
+        ]
+    )
     d = paired_differences(reg, runs).set_index("name")
     row = d.loc["c5_hinton"]
     assert row.baseline == "nokd" and row.n_pairs == 3
@@ -104,7 +112,12 @@ def test_paired_differences_pair_by_seed(params):
 
 
 def test_baseline_of_same_configuration(params):
-    params["students"]["nokd_complete"] = {"configuration": "complete", "teacher": None, "method": "none", "level": None}
+    params["students"]["nokd_complete"] = {
+        "configuration": "complete",
+        "teacher": None,
+        "method": "none",
+        "level": None,
+    }
     pairs = baselines(Registry(params))
     assert pairs["c1_edam_s_attn"] == "nokd_complete"
     assert pairs["c5_crd_final"] == "nokd"
@@ -139,8 +152,19 @@ def test_pipeline_writes_every_figure(tiny_run):
     for name in FIGURES:
         check_png(out / f"{name}.png")
     table = pd.read_csv(tiny_run / "results" / "table1.csv")
-    for col in ["d_acc", "d_acc_ci_low", "d_acc_ci_high", "p_acc", "p_acc_perm",
-                "d_f1", "d_f1_ci_low", "d_f1_ci_high", "p_f1", "p_f1_perm", "n_pairs"]:
+    for col in [
+        "d_acc",
+        "d_acc_ci_low",
+        "d_acc_ci_high",
+        "p_acc",
+        "p_acc_perm",
+        "d_f1",
+        "d_f1_ci_low",
+        "d_f1_ci_high",
+        "p_f1",
+        "p_f1_perm",
+        "n_pairs",
+    ]:
         assert col in table, col
     distilled = table[(table.network == "Student") & (table.method != "none")]
     assert distilled.d_acc.notna().all() and (distilled.n_pairs == 2).all()

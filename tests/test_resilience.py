@@ -26,8 +26,14 @@ def scratch_project(tmp_path: Path, **train) -> Path:
 
 
 def cli(project: Path, *args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mmdistill", *args, "--quiet"], cwd=project,
-                          env=subprocess_env(), capture_output=True, text=True, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "mmdistill", *args, "--quiet"],
+        cwd=project,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        **kw,
+    )
 
 
 def prepared(tmp_path: Path) -> Path:
@@ -56,8 +62,13 @@ def test_sigkill_then_resume_gives_the_same_metrics(tmp_path):
     reference = comparable(project / METRICS)
     (project / METRICS).unlink()
 
-    proc = subprocess.Popen([sys.executable, "-m", "mmdistill", *TRAIN, "--quiet"], cwd=project,
-                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmdistill", *TRAIN, "--quiet"],
+        cwd=project,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not (project / RESUME).exists():  # killed once the first epoch is checkpointed
         assert proc.poll() is None, "training finished before it could be killed; make it longer"
@@ -87,8 +98,12 @@ def test_parallel_runs_are_bit_identical_to_sequential(tmp_path):
         (dst / "params.yaml").write_text((project / "params.yaml").read_text())
         (dst / "data").symlink_to(project / "data")
         copies.append(dst)
-    procs = [subprocess.Popen([sys.executable, "-m", "mmdistill", *TRAIN, "--quiet"], cwd=c,
-                              env=subprocess_env(), stderr=subprocess.PIPE) for c in copies]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mmdistill", *TRAIN, "--quiet"], cwd=c, env=subprocess_env(), stderr=subprocess.PIPE
+        )
+        for c in copies
+    ]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()
     for c in copies:

@@ -16,8 +16,7 @@ from mmdistill.io import write_json
 from mmdistill.modalities import FEATURE_DIM
 from mmdistill.models.outputs import ModelOutput
 from mmdistill.registry import Registry, Run
-from mmdistill.report.robustness import (evaluate_missing, feature_means, missing_conditions, pick_students,
-                                         teacher_rows)
+from mmdistill.report.robustness import evaluate_missing, feature_means, missing_conditions, pick_students, teacher_rows
 from mmdistill.train.loop import evaluate
 
 LENGTHS = {"V": 4, "A": 4, "L": 2}
@@ -98,7 +97,14 @@ def test_real_teacher_rows_change_under_masking():
     split = make_split(n=24)
     rows = teacher_rows("complete", 0, teacher, split, feature_means(split), "V", batch_size=8)
     assert [(r["missing"], r["fill"]) for r in rows] == [
-        ("none", "zero"), ("A", "zero"), ("A", "mean"), ("L", "zero"), ("L", "mean"), ("A+L", "zero"), ("A+L", "mean")]
+        ("none", "zero"),
+        ("A", "zero"),
+        ("A", "mean"),
+        ("L", "zero"),
+        ("L", "mean"),
+        ("A+L", "zero"),
+        ("A+L", "mean"),
+    ]
     with torch.no_grad():
         teacher.eval()
         full = teacher(split.inputs).logits
@@ -124,8 +130,13 @@ def tiny_project(tmp_path, params):
         save_model(reg.checkpoint(run), build_from_blueprint(bp), bp)
     valid_acc = {"nokd": 0.3, "c5_hinton": 0.5, "c2_crd_final": 0.4}  # c5_hinton is the best on validation
     for run in reg.runs("student"):
-        write_json(reg.metrics(run), {"valid": {"acc7": valid_acc[run.name] + 0.01 * run.seed},
-                                      "test": {"acc7": 0.25 + 0.1 * run.seed, "f1_weighted": 0.2}})
+        write_json(
+            reg.metrics(run),
+            {
+                "valid": {"acc7": valid_acc[run.name] + 0.01 * run.seed},
+                "test": {"acc7": 0.25 + 0.1 * run.seed, "f1_weighted": 0.2},
+            },
+        )
     return reg, args
 
 
@@ -148,8 +159,10 @@ def test_cli_writes_the_table_with_teacher_and_student_rows(tiny_project):
     from mmdistill.experiment import load_model
 
     for name in reg.teachers:
-        accs = [100 * evaluate(load_model(reg.checkpoint(Run("teacher", name, s))), test, 8, torch.device("cpu"))["acc7"]
-                for s in reg.seeds]
+        accs = [
+            100 * evaluate(load_model(reg.checkpoint(Run("teacher", name, s))), test, 8, torch.device("cpu"))["acc7"]
+            for s in reg.seeds
+        ]
         row = teachers[(teachers.name == name) & (teachers.missing == "none")]
         assert math.isclose(float(row.acc_mean.iloc[0]), sum(accs) / 2, abs_tol=1e-3)
     md = reg.robustness("md").read_text()

@@ -50,8 +50,12 @@ def snakemake(args: list[str], cwd: Path, env: dict, timeout: float = 600) -> st
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in sorted(cwd.glob("logs/**/*.log")))
-        slurm_logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in sorted(cwd.glob(".snakemake/slurm_logs/**/*.log")))
-        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{out[-6000:]}\n{logs}\n{slurm_logs}")
+        slurm_logs = "\n".join(
+            f"--- {p}\n{p.read_text()[-2000:]}" for p in sorted(cwd.glob(".snakemake/slurm_logs/**/*.log"))
+        )
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{out[-6000:]}\n{logs}\n{slurm_logs}"
+        )
     return out
 
 
@@ -144,10 +148,12 @@ def test_tiny_pipeline_on_slurm(tmp_path, slurm_cluster):
     env = slurm_env(MMDISTILL_SLURM_PARTITION="cpu", MMDISTILL_SLURM_GPU_PARTITION="gpu")
     out = snakemake(
         [
-            "--profile", PROFILE,
+            "--profile",
+            PROFILE,
             # status checks 5, 20, 45 s after a submission (the plugin adds 10 s per check that
             # finds no job done; a tiny job takes 10-20 s); keep every job's log as evidence
-            "--slurm-init-seconds-before-status-checks", "5",
+            "--slurm-init-seconds-before-status-checks",
+            "5",
             "--slurm-keep-successful-logs",
             "results/table1.csv",
         ],

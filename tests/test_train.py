@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mmdistill.data.dataset import SplitData
-from mmdistill.models import ModelConfig, build_student
 from mmdistill.modalities import FEATURE_DIM
+from mmdistill.models import ModelConfig, build_student
 from mmdistill.train import loop
 from mmdistill.train.loop import NonFiniteLossError, TrainConfig, train
 
@@ -32,8 +32,17 @@ def make_model():
 
 def fit(tmp_path, tag, cfg=CFG, train_split=None):
     model = make_model()
-    res = train(model, train_split or make_split("train", 48, 1), make_split("valid", 16, 2), cfg, seed=3,
-                run_label=f"test/{tag}", resume_path=tmp_path / f"{tag}.pt", config_hash="h", progress=False)
+    res = train(
+        model,
+        train_split or make_split("train", 48, 1),
+        make_split("valid", 16, 2),
+        cfg,
+        seed=3,
+        run_label=f"test/{tag}",
+        resume_path=tmp_path / f"{tag}.pt",
+        config_hash="h",
+        progress=False,
+    )
     return model, res
 
 
@@ -75,8 +84,17 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
 def test_resume_file_from_other_settings_is_not_used(tmp_path):
     fit(tmp_path, "x", cfg=TrainConfig(**{**CFG.__dict__, "epochs": 1}))
     model = make_model()
-    res = train(model, make_split("train", 48, 1), make_split("valid", 16, 2), CFG, seed=3, run_label="t",
-                resume_path=tmp_path / "x.pt", config_hash="other", progress=False)
+    res = train(
+        model,
+        make_split("train", 48, 1),
+        make_split("valid", 16, 2),
+        CFG,
+        seed=3,
+        run_label="t",
+        resume_path=tmp_path / "x.pt",
+        config_hash="other",
+        progress=False,
+    )
     assert res.resumed_from_epoch == 0 and res.epochs_run == 3
 
 
@@ -106,8 +124,9 @@ def test_teacher_internals_cached_when_they_fit_and_equal_to_the_per_step_pass(l
         with torch.no_grad():
             return student(example.inputs, s_req), teacher(example.inputs, t_req)
 
-    ctx = DistillContext(level=level, pairs=CONFIGURATIONS["language_audio"].distilled_pairs, n_data=len(split),
-                         probe=probe)
+    ctx = DistillContext(
+        level=level, pairs=CONFIGURATIONS["language_audio"].distilled_pairs, n_data=len(split), probe=probe
+    )
     loss = build_loss("crd", ctx, {"nce_k": 8, "feat_dim": 4, "row_bins": 2}).eval()
     kd = loop.Distillation(teacher=teacher, loss=loss, alpha=1.0, beta=1.0)
     cached = loop.Objective(student, kd, split, 16, torch.device("cpu"), teacher_cache_mb=100)

@@ -56,8 +56,11 @@ def keep_freed_memory() -> bool:
     mmap_ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
     trim_ok = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     if not (mmap_ok and trim_ok):
-        log.warning("mallopt refused: mmap threshold %s, trim threshold %s; freed memory still goes back "
-                    "to the OS", "set" if mmap_ok else "refused", "set" if trim_ok else "refused")
+        log.warning(
+            "mallopt refused: mmap threshold %s, trim threshold %s; freed memory still goes back to the OS",
+            "set" if mmap_ok else "refused",
+            "set" if trim_ok else "refused",
+        )
         return False
     _applied = True
     log.debug("freed host memory is kept for reuse (mmap threshold %d, no heap trimming)", MMAP_THRESHOLD)

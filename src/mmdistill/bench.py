@@ -33,10 +33,9 @@ from mmdistill.allocator import keep_freed_memory
 from mmdistill.data.dataset import SplitData
 from mmdistill.distill.base import DistillContext, build_loss
 from mmdistill.modalities import FEATURE_DIM, MODALITIES
-from mmdistill.models import build_student, build_teacher
+from mmdistill.models import build_student, build_teacher, count_parameters
 from mmdistill.models.config import PAPER_PRESET, ModelConfig
 from mmdistill.models.configurations import CONFIGURATIONS
-from mmdistill.models import count_parameters
 from mmdistill.train.latency import measure_latency, random_inputs
 from mmdistill.train.loop import Distillation, Objective
 
@@ -81,8 +80,9 @@ def build_case(case: str, s: Setting, split: SplitData, device: torch.device):
         with torch.no_grad():
             return student(example.inputs, s_req), teacher(example.inputs, t_req)
 
-    ctx = DistillContext(level=level, pairs=CONFIGURATIONS["language_audio"].distilled_pairs,
-                         n_data=len(split), probe=probe)
+    ctx = DistillContext(
+        level=level, pairs=CONFIGURATIONS["language_audio"].distilled_pairs, n_data=len(split), probe=probe
+    )
     loss = build_loss(method, ctx, {}).to(device)
     kd = Distillation(teacher=teacher, loss=loss, alpha=1.0, beta=1.0)
     return student, Objective(student, kd, split, s.batch_size, device, s.teacher_cache_mb)
@@ -151,12 +151,22 @@ def run_case(case: str, s: Setting, device_name: str, threads: int) -> dict[str,
         if i > 0:  # the first step is a warm-up
             times.append(time.perf_counter() - t0)
     step = statistics.median(times)
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
-            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if device.type == "cuda"
+        else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    )
     cached = objective.cache.has_internals if objective.cache is not None else None
-    return {"step_s": step, "steps_timed": len(times), "flops_per_step": flops, "teacher_maps_cached": cached,
-            "freed_memory_kept": kept,
-            "gflops_per_s": flops / step / 1e9, "peak_mem_mb": peak, "parameters": count_parameters(model)}
+    return {
+        "step_s": step,
+        "steps_timed": len(times),
+        "flops_per_step": flops,
+        "teacher_maps_cached": cached,
+        "freed_memory_kept": kept,
+        "gflops_per_s": flops / step / 1e9,
+        "peak_mem_mb": peak,
+        "parameters": count_parameters(model),
+    }
 
 
 def _child(conn, *args):
@@ -202,8 +212,10 @@ def latency(s: Setting, device: torch.device, repeats: int) -> dict[str, Any]:
     machine's speed during the measurement moves both and not their ratio.
     """
     cfg = ModelConfig.from_dict(s.model)
-    models = {"teacher": build_teacher(cfg, ("V", "A", "L")).to(device),
-              "student": build_student(cfg, "language_audio", "V", s.lengths, "down").to(device)}
+    models = {
+        "teacher": build_teacher(cfg, ("V", "A", "L")).to(device),
+        "student": build_student(cfg, "language_audio", "V", s.lengths, "down").to(device),
+    }
     out: dict[str, Any] = {name: {"parameters": count_parameters(m)} for name, m in models.items()}
     for bs in (1, 32):
         inputs = random_inputs(s.lengths, FEATURE_DIM, bs)
@@ -220,39 +232,63 @@ def latency(s: Setting, device: torch.device, repeats: int) -> dict[str, Any]:
     return out
 
 
-def bench(default_model: dict[str, Any], default_lengths: dict[str, int], batch_size: int, *,
-          device_name: str = "auto", threads: int | None = None, full: bool = True,
-          full_steps: int = 2, steps: int = 10, teacher_cache_mb: float = 0.0, log=print) -> dict[str, Any]:
+def bench(
+    default_model: dict[str, Any],
+    default_lengths: dict[str, int],
+    batch_size: int,
+    *,
+    device_name: str = "auto",
+    threads: int | None = None,
+    full: bool = True,
+    full_steps: int = 2,
+    steps: int = 10,
+    teacher_cache_mb: float = 0.0,
+    log=print,
+) -> dict[str, Any]:
     device = torch.device(device_name if device_name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     settings = [Setting("default", default_model, default_lengths, batch_size, steps, teacher_cache_mb)]
     if full:
-        settings.append(Setting("full", {**default_model, **PAPER_PRESET}, FULL_LENGTHS, 16, full_steps,
-                                teacher_cache_mb))
+        settings.append(
+            Setting("full", {**default_model, **PAPER_PRESET}, FULL_LENGTHS, 16, full_steps, teacher_cache_mb)
+        )
     result: dict[str, Any] = {
-        "device": str(device), "threads": threads, "torch": torch.__version__,
-        "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-        "matmul_gflops": matmul_gflops(2048, device), "settings": {},
+        "device": str(device),
+        "threads": threads,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "matmul_gflops": matmul_gflops(2048, device),
+        "settings": {},
     }
     log(f"matmul 2048x2048 fp32: {result['matmul_gflops']:.1f} GFLOP/s on {device} ({threads} threads)")
     for s in settings:
-        entry: dict[str, Any] = {"model": s.model, "lengths": s.lengths, "batch_size": s.batch_size,
-                                 "teacher_cache_mb": s.teacher_cache_mb, "train_step": {}}
+        entry: dict[str, Any] = {
+            "model": s.model,
+            "lengths": s.lengths,
+            "batch_size": s.batch_size,
+            "teacher_cache_mb": s.teacher_cache_mb,
+            "train_step": {},
+        }
         for case in CASES:
             r = run_isolated(case, s, str(device), threads)
             r["fraction_of_matmul"] = r["gflops_per_s"] / result["matmul_gflops"]
             entry["train_step"][case] = r
-            log(f"[{s.name}] {case}: {1000 * r['step_s']:.1f} ms/step, {r['gflops_per_s']:.1f} GFLOP/s "
-                f"({100 * r['fraction_of_matmul']:.0f}% of matmul), peak +{r['peak_mem_mb']:.0f} MB")
+            log(
+                f"[{s.name}] {case}: {1000 * r['step_s']:.1f} ms/step, {r['gflops_per_s']:.1f} GFLOP/s "
+                f"({100 * r['fraction_of_matmul']:.0f}% of matmul), peak +{r['peak_mem_mb']:.0f} MB"
+            )
         ts = entry["train_step"]
         entry["ratios"] = {
             "attention_kd_over_nokd_step": ts["student_attention_kd"]["step_s"] / ts["student_nokd"]["step_s"],
             "output_kd_over_nokd_step": ts["student_output_kd"]["step_s"] / ts["student_nokd"]["step_s"],
         }
         entry["inference"] = latency(s, device, repeats=20 if s.name == "default" else 9)
-        log(f"[{s.name}] inference b1: teacher {entry['inference']['teacher']['b1_ms']:.2f} ms, "
-            f"student {entry['inference']['student']['b1_ms']:.2f} ms")
+        log(
+            f"[{s.name}] inference b1: teacher {entry['inference']['teacher']['b1_ms']:.2f} ms, "
+            f"student {entry['inference']['student']['b1_ms']:.2f} ms"
+        )
         result["settings"][s.name] = entry
     return result
 
@@ -281,8 +317,9 @@ def row_costs(reg, epochs: int = 3, threads: int | None = None, log=print) -> di
 
     tp = dict(reg.params["train"])
     threads = threads or tp["threads"]
-    cfg = TrainConfig.from_dict({**tp, "epochs": epochs, "early_stop": epochs + 1, "lr_patience": epochs + 1,
-                                 "threads": threads})
+    cfg = TrainConfig.from_dict(
+        {**tp, "epochs": epochs, "early_stop": epochs + 1, "lr_patience": epochs + 1, "threads": threads}
+    )
     lengths = dict(reg.params["data"]["lengths"])
     syn = reg.params["data"]["synthetic"]
     train_split = random_split(lengths, syn["n_train"], seed=1)
@@ -297,16 +334,36 @@ def row_costs(reg, epochs: int = 3, threads: int | None = None, log=print) -> di
         if run is not None and reg.spec(run).distils:
             teacher = build_from_blueprint(blueprint(reg, reg.teacher_run(run))).eval()
             kd = make_distillation(reg, run, student, train_split, valid_split, cfg.batch_size, teacher=teacher)
-        result = train(student, train_split, valid_split, cfg, seed=seed, run_label=label,
-                       resume_path=tmp / f"{label}.pt", config_hash=label, kd=kd, progress=False)
+        result = train(
+            student,
+            train_split,
+            valid_split,
+            cfg,
+            seed=seed,
+            run_label=label,
+            resume_path=tmp / f"{label}.pt",
+            config_hash=label,
+            kd=kd,
+            progress=False,
+        )
         wall = time.perf_counter() - t0
         per_epoch = [h["seconds"] for h in result.history]
-        return {"epoch_s": statistics.median(per_epoch), "setup_s": wall - sum(per_epoch),
-                "parameters": count_parameters(student)}
+        return {
+            "epoch_s": statistics.median(per_epoch),
+            "setup_s": wall - sum(per_epoch),
+            "parameters": count_parameters(student),
+        }
 
-    out: dict[str, Any] = {"epochs": epochs, "threads": threads, "n_train": syn["n_train"],
-                           "n_valid": syn["n_valid"], "lengths": lengths, "batch_size": cfg.batch_size,
-                           "rows": {}, "baselines": {}}
+    out: dict[str, Any] = {
+        "epochs": epochs,
+        "threads": threads,
+        "n_train": syn["n_train"],
+        "n_valid": syn["n_valid"],
+        "lengths": lengths,
+        "batch_size": cfg.batch_size,
+        "rows": {},
+        "baselines": {},
+    }
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         arch_of: dict[str, str] = {}
@@ -330,7 +387,7 @@ def row_costs(reg, epochs: int = 3, threads: int | None = None, log=print) -> di
                 log(f"[rows] no-KD student shaped like {name}: {r['epoch_s']:.2f} s/epoch")
     nokd_rows = [n for n, r in out["rows"].items() if r["method"] == "none"]
     main_nokd = out["rows"][nokd_rows[0]]["epoch_s"] if nokd_rows else None
-    for name, r in out["rows"].items():
+    for r in out["rows"].values():
         base = out["baselines"][r["architecture"]]
         r["over_same_architecture_nokd"] = r["epoch_s"] / base["epoch_s"]
         r["over_nokd_row"] = r["epoch_s"] / main_nokd if main_nokd else None
@@ -347,12 +404,16 @@ def rows_markdown(r: dict[str, Any]) -> str:
     ]
     for name, x in r["rows"].items():
         vs = "–" if x["over_nokd_row"] is None else f"{x['over_nokd_row']:.2f}x"
-        lines.append(f"| {name} | {x['method']} | {x['level'] or '–'} | {x['parameters']:,} | {x['epoch_s']:.2f} | "
-                     f"{x['setup_s']:.2f} | {x['over_same_architecture_nokd']:.2f}x | {vs} |")
+        lines.append(
+            f"| {name} | {x['method']} | {x['level'] or '–'} | {x['parameters']:,} | {x['epoch_s']:.2f} | "
+            f"{x['setup_s']:.2f} | {x['over_same_architecture_nokd']:.2f}x | {vs} |"
+        )
     extra = [b for b in r["baselines"].values() if b["row"] is None]
     for b in extra:
-        lines.append(f"| (no-KD student shaped like {b['like']}) | none | – | {b['parameters']:,} | {b['epoch_s']:.2f} | "
-                     f"{b['setup_s']:.2f} | 1.00x | – |")
+        lines.append(
+            f"| (no-KD student shaped like {b['like']}) | none | – | {b['parameters']:,} | {b['epoch_s']:.2f} | "
+            f"{b['setup_s']:.2f} | 1.00x | – |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -371,26 +432,48 @@ def steps_markdown(r: dict[str, Any]) -> str:
         f"float32 matmul 2048^3: **{r['matmul_gflops']:.1f} GFLOP/s**.",
         "",
         "Freed host memory kept for reuse (mmdistill.allocator): "
-        + ", ".join(sorted({"yes" if c.get("freed_memory_kept") else "no"
-                            for e in r["settings"].values() for c in e["train_step"].values()})) + ".",
+        + ", ".join(
+            sorted(
+                {
+                    "yes" if c.get("freed_memory_kept") else "no"
+                    for e in r["settings"].values()
+                    for c in e["train_step"].values()
+                }
+            )
+        )
+        + ".",
         "",
         "| Setting | Case | Step (ms) | GFLOP/s | % of matmul | Peak mem. (MB) | Parameters |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, e in r["settings"].items():
         for case, c in e["train_step"].items():
-            lines.append(f"| {name} | {case} | {1000 * c['step_s']:.1f} | {c['gflops_per_s']:.1f} | "
-                         f"{100 * c['fraction_of_matmul']:.1f} | {c['peak_mem_mb']:.0f} | {c['parameters']:,} |")
+            lines.append(
+                f"| {name} | {case} | {1000 * c['step_s']:.1f} | {c['gflops_per_s']:.1f} | "
+                f"{100 * c['fraction_of_matmul']:.1f} | {c['peak_mem_mb']:.0f} | {c['parameters']:,} |"
+            )
     for name, e in r["settings"].items():
         cached = e["train_step"]["student_attention_kd"].get("teacher_maps_cached")
-        lines.append(f"\n{name}: the attention-KD student's teacher maps are "
-                     + ("cached once per data set (they fit teacher_cache_mb)" if cached
-                        else "computed per step (they do not fit teacher_cache_mb)") + ".")
-    lines += ["", "| Setting | Lengths V/A/L | Batch | Teacher b1 (ms) | Student b1 (ms) | Student/teacher b1 | "
-              "Teacher b32 (ms) | Student b32 (ms) | Attn-KD step / no-KD step |", "|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"\n{name}: the attention-KD student's teacher maps are "
+            + (
+                "cached once per data set (they fit teacher_cache_mb)"
+                if cached
+                else "computed per step (they do not fit teacher_cache_mb)"
+            )
+            + "."
+        )
+    lines += [
+        "",
+        "| Setting | Lengths V/A/L | Batch | Teacher b1 (ms) | Student b1 (ms) | Student/teacher b1 | "
+        "Teacher b32 (ms) | Student b32 (ms) | Attn-KD step / no-KD step |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, e in r["settings"].items():
         inf, L = e["inference"], e["lengths"]
-        lines.append(f"| {name} | {L['V']}/{L['A']}/{L['L']} | {e['batch_size']} | {inf['teacher']['b1_ms']:.2f} | "
-                     f"{inf['student']['b1_ms']:.2f} | {inf['student_over_teacher_b1']:.2f} | {inf['teacher']['b32_ms']:.2f} | "
-                     f"{inf['student']['b32_ms']:.2f} | {e['ratios']['attention_kd_over_nokd_step']:.2f} |")
+        lines.append(
+            f"| {name} | {L['V']}/{L['A']}/{L['L']} | {e['batch_size']} | {inf['teacher']['b1_ms']:.2f} | "
+            f"{inf['student']['b1_ms']:.2f} | {inf['student_over_teacher_b1']:.2f} | {inf['teacher']['b32_ms']:.2f} | "
+            f"{inf['student']['b32_ms']:.2f} | {e['ratios']['attention_kd_over_nokd_step']:.2f} |"
+        )
     return "\n".join(lines) + "\n"

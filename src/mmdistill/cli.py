@@ -36,8 +36,10 @@ def _registry(args) -> Registry:
 
 def cmd_validate(args) -> int:
     reg = _registry(args)
-    print(f"params OK: data {reg.source}, seeds {list(reg.seeds)}, "
-          f"{len(reg.teachers)} teachers, {len(reg.students)} students, {len(list(reg.runs()))} runs")
+    print(
+        f"params OK: data {reg.source}, seeds {list(reg.seeds)}, "
+        f"{len(reg.teachers)} teachers, {len(reg.students)} students, {len(list(reg.runs()))} runs"
+    )
     for run in reg.runs():
         print(f"  {run.id}")
     return 0
@@ -71,8 +73,14 @@ def cmd_train(args) -> int:
         raise ParamsError(f"seed {args.seed} is not in seeds {list(reg.seeds)}")
     t0 = time.perf_counter()
     m = train_run(reg, run, progress=not args.quiet)
-    log.info("%s: test acc7 %.4f, weighted F1 %.4f (%d epochs, %.1f s)", run.id, m["test"]["acc7"],
-             m["test"]["f1_weighted"], m["epochs_run"], time.perf_counter() - t0)
+    log.info(
+        "%s: test acc7 %.4f, weighted F1 %.4f (%d epochs, %.1f s)",
+        run.id,
+        m["test"]["acc7"],
+        m["test"]["f1_weighted"],
+        m["epochs_run"],
+        time.perf_counter() - t0,
+    )
     return 0
 
 
@@ -128,9 +136,17 @@ def cmd_bench(args) -> int:
     reg = _registry(args)
     r: dict = {}
     if args.what in ("steps", "all"):
-        r = bench(reg.params["model"], dict(reg.params["data"]["lengths"]), reg.params["train"]["batch_size"],
-                  device_name=reg.params["train"]["device"], threads=args.threads, full=not args.no_full,
-                  full_steps=args.full_steps, teacher_cache_mb=reg.params["train"]["teacher_cache_mb"], log=log.info)
+        r = bench(
+            reg.params["model"],
+            dict(reg.params["data"]["lengths"]),
+            reg.params["train"]["batch_size"],
+            device_name=reg.params["train"]["device"],
+            threads=args.threads,
+            full=not args.no_full,
+            full_steps=args.full_steps,
+            teacher_cache_mb=reg.params["train"]["teacher_cache_mb"],
+            log=log.info,
+        )
     if args.what in ("rows", "all"):
         r["row_costs"] = row_costs(reg, epochs=args.row_epochs, log=log.info)
     out = Path(args.out)
@@ -144,8 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmdistill", description=__doc__.split("\n")[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
-    common.add_argument("--override", action="append", metavar="YAML",
-                        help="YAML file deep-merged over the parameters (repeatable; like snakemake --configfile)")
+    common.add_argument(
+        "--override",
+        action="append",
+        metavar="YAML",
+        help="YAML file deep-merged over the parameters (repeatable; like snakemake --configfile)",
+    )
     common.add_argument("--quiet", action="store_true", help="no progress bars")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="step", required=True)
@@ -159,15 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
     sub.add_parser("profile", parents=[common], help="parameters and latency").set_defaults(func=cmd_profile)
     sub.add_parser("report", parents=[common], help="Table 1 and figures").set_defaults(func=cmd_report)
-    sub.add_parser("robustness", parents=[common],
-                   help="teachers with missing modalities beside the students").set_defaults(func=cmd_robustness)
+    sub.add_parser(
+        "robustness", parents=[common], help="teachers with missing modalities beside the students"
+    ).set_defaults(func=cmd_robustness)
     b = sub.add_parser("bench", parents=[common], help="where the time goes (not part of the pipelines)")
     b.add_argument("--out", default="results/bench", help="output path without suffix (.json and .md are written)")
     b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     b.add_argument("--no-full", action="store_true", help="skip MOSEI's full lengths")
     b.add_argument("--full-steps", type=int, default=4, help="timed steps at full length (median)")
-    b.add_argument("--what", choices=["steps", "rows", "all"], default="all",
-                   help="steps: step cost and latency cases; rows: every student row's training cost; all: both")
+    b.add_argument(
+        "--what",
+        choices=["steps", "rows", "all"],
+        default="all",
+        help="steps: step cost and latency cases; rows: every student row's training cost; all: both",
+    )
     b.add_argument("--row-epochs", type=int, default=3, help="epochs timed per row (median reported)")
     b.set_defaults(func=cmd_bench)
     return p
@@ -177,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     keep_freed_memory()  # speed only: tensors land on pages already faulted in (see mmdistill.allocator)
     try:

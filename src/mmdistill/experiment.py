@@ -75,9 +75,15 @@ def load_data(reg: Registry) -> dict[str, SplitData]:
 
 
 # ---------------------------------------------------------------------- training
-def make_distillation(reg: Registry, run: Run, student: nn.Module, train_split: SplitData,
-                      valid_split: SplitData, batch_size: int, teacher: nn.Module | None = None
-                      ) -> Distillation | None:
+def make_distillation(
+    reg: Registry,
+    run: Run,
+    student: nn.Module,
+    train_split: SplitData,
+    valid_split: SplitData,
+    batch_size: int,
+    teacher: nn.Module | None = None,
+) -> Distillation | None:
     """The run's distillation (None for teachers and no-KD students). The teacher is the
     trained checkpoint of the run's teacher run unless one is given."""
     spec = reg.spec(run)
@@ -98,10 +104,17 @@ def make_distillation(reg: Registry, run: Run, student: nn.Module, train_split: 
         return s_out, t_out
 
     ctx = DistillContext(
-        level=spec.level, pairs=CONFIGURATIONS[spec.configuration].distilled_pairs,
-        n_data=len(train_split), probe=probe,
-        extra={"student": student, "teacher": teacher, "train_split": train_split,
-               "valid_split": valid_split, "batch_size": batch_size},
+        level=spec.level,
+        pairs=CONFIGURATIONS[spec.configuration].distilled_pairs,
+        n_data=len(train_split),
+        probe=probe,
+        extra={
+            "student": student,
+            "teacher": teacher,
+            "train_split": train_split,
+            "valid_split": valid_split,
+            "batch_size": batch_size,
+        },
     )
     loss = build_loss(spec.method, ctx, dict(spec.options))
     return Distillation(teacher=teacher, loss=loss, alpha=spec.alpha, beta=spec.beta)
@@ -120,22 +133,39 @@ def train_run(reg: Registry, run: Run, progress: bool = True) -> dict[str, Any]:
     model = build_from_blueprint(bp)
     kd = make_distillation(reg, run, model, splits["train"], splits["valid"], cfg.batch_size)
     result = train(
-        model, splits["train"], splits["valid"], cfg, seed=run.seed, run_label=run.id,
-        resume_path=reg.resume_checkpoint(run), config_hash=chash, kd=kd, progress=progress,
+        model,
+        splits["train"],
+        splits["valid"],
+        cfg,
+        seed=run.seed,
+        run_label=run.id,
+        resume_path=reg.resume_checkpoint(run),
+        config_hash=chash,
+        kd=kd,
+        progress=progress,
     )
     device = resolve_device(cfg.device)
     test = evaluate(model, splits["test"], cfg.batch_size, device)
     valid = evaluate(model, splits["valid"], cfg.batch_size, device)
     metrics = {
-        "run": run.id, "role": run.role, "name": run.name, "seed": run.seed,
-        "test": test, "valid": valid,
-        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+        "run": run.id,
+        "role": run.role,
+        "name": run.name,
+        "seed": run.seed,
+        "test": test,
+        "valid": valid,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
         "train_seconds": result.train_seconds,
         "seconds_per_epoch": result.train_seconds / max(1, result.epochs_run),
         "resumed_from_epoch": result.resumed_from_epoch,
         "parameters": count_parameters(model),
-        "device": str(device), "threads": cfg.threads, "torch": torch.__version__,
-        "python": platform.python_version(), "config_hash": chash, "params": run_params,
+        "device": str(device),
+        "threads": cfg.threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "config_hash": chash,
+        "params": run_params,
     }
     save_model(reg.checkpoint(run), model.cpu(), bp)
     write_curves(reg.curves(run), result.history)
@@ -184,9 +214,16 @@ def profile_models(reg: Registry, progress: bool = True) -> dict[str, Any]:
         measured[key] = entry
         if progress:
             lat = ", ".join(f"b{bs} {v['median_ms']:.2f} ms" for bs, v in entry["latency"].items())
-            log.info("profiled %s: %d parameters, %s", bp.get("configuration", bp.get("branches")), entry["parameters"], lat)
+            log.info(
+                "profiled %s: %d parameters, %s", bp.get("configuration", bp.get("branches")), entry["parameters"], lat
+            )
     return {
-        "device": str(device), "threads": prof["threads"], "torch": torch.__version__,
-        "machine": platform.machine(), "processor": platform.processor(),
-        "lengths": lengths, "architectures": measured, "rows": rows,
+        "device": str(device),
+        "threads": prof["threads"],
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "lengths": lengths,
+        "architectures": measured,
+        "rows": rows,
     }

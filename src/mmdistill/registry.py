@@ -13,12 +13,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import yaml
-
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
 
@@ -87,14 +87,12 @@ class Registry:
         self.params = params
         self.root = Path(root)
         self.seeds: tuple[int, ...] = tuple(params["seeds"])
-        self.teachers = {
-            k: TeacherSpec(k, tuple(v["branches"])) for k, v in params["teachers"].items()
-        }
+        self.teachers = {k: TeacherSpec(k, tuple(v["branches"])) for k, v in params["teachers"].items()}
         self.students = {k: self._student(k, v) for k, v in params["students"].items()}
         self._check_semantics()
 
     @classmethod
-    def from_file(cls, path: str | Path = "params.yaml", overrides: list[str | Path] = ()) -> "Registry":
+    def from_file(cls, path: str | Path = "params.yaml", overrides: list[str | Path] = ()) -> Registry:
         path = Path(path)
         if not path.exists():
             raise ParamsError(f"parameter file not found: {path}")
@@ -198,8 +196,12 @@ class Registry:
         else:
             out["student_modality"] = p["student_modality"]
             out["student"] = {
-                "configuration": spec.configuration, "method": spec.method, "level": spec.level,
-                "alpha": spec.alpha, "beta": spec.beta, "options": dict(spec.options),
+                "configuration": spec.configuration,
+                "method": spec.method,
+                "level": spec.level,
+                "alpha": spec.alpha,
+                "beta": spec.beta,
+                "options": dict(spec.options),
                 "teacher": spec.teacher,
             }
             if spec.distils:
@@ -210,8 +212,10 @@ class Registry:
         """Everything that determines the architectures (and so parameters and latency)."""
         p = self.params
         return {
-            "model": copy.deepcopy(p["model"]), "lengths": dict(p["data"]["lengths"]),
-            "student_modality": p["student_modality"], "profile": copy.deepcopy(p["profile"]),
+            "model": copy.deepcopy(p["model"]),
+            "lengths": dict(p["data"]["lengths"]),
+            "student_modality": p["student_modality"],
+            "profile": copy.deepcopy(p["profile"]),
             "teachers": {k: list(t.branches) for k, t in self.teachers.items()},
             "students": {k: [s.configuration, s.proxy] for k, s in self.students.items()},
         }
@@ -279,8 +283,15 @@ class Registry:
 
     def targets(self) -> list[Path]:
         """Every final output of the study (what a plain `snakemake` builds)."""
-        out = [self.prepared(), self.data_summary(), self.profile(), self.table("csv"), self.table("md"),
-               self.robustness("csv"), self.robustness("md")]
+        out = [
+            self.prepared(),
+            self.data_summary(),
+            self.profile(),
+            self.table("csv"),
+            self.table("md"),
+            self.robustness("csv"),
+            self.robustness("md"),
+        ]
         for run in self.runs():
             out += list(self.run_outputs(run).values())
         return out

@@ -9,7 +9,11 @@ if workflow.config_settings.config:
 
 # `snakemake --configfile extra.yaml` merges extra.yaml over params.yaml; the CLI repeats the
 # same merge, so the jobs see exactly the configuration the workflow was built from.
-_overrides = [f for f in workflow.overwrite_configfiles if Path(f).resolve() != Path("params.yaml").resolve()]
+_overrides = [
+    f
+    for f in workflow.overwrite_configfiles
+    if Path(f).resolve() != Path("params.yaml").resolve()
+]
 CLI = "python -m mmdistill {step} --params params.yaml " + " ".join(
     f"--override {shlex.quote(str(f))}" for f in _overrides
 )

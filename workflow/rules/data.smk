@@ -1,16 +1,19 @@
 # Data stage: download (or generate) -> prepare.
 
+
 localrules:
     download,  # compute nodes of a cluster often have no internet access
 
 
 rule download:
     output:
-        directory(str(REG.raw_input())) if REG.source == "sdk_csd" else str(REG.raw_input()),
-    params:
-        data=REG.data_identity(),
+        directory(str(REG.raw_input()))
+        if REG.source == "sdk_csd"
+        else str(REG.raw_input()),
     log:
         "logs/data/download.log",
+    params:
+        data=REG.data_identity(),
     shell:
         cli("download") + " > {log} 2>&1"
 
@@ -21,9 +24,9 @@ rule prepare:
     output:
         h5=str(REG.prepared()),
         summary=str(REG.data_summary()),
-    params:
-        data=REG.data_identity(),
     log:
         "logs/data/prepare.log",
+    params:
+        data=REG.data_identity(),
     shell:
         cli("prepare") + " > {log} 2>&1"

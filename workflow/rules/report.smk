@@ -1,5 +1,6 @@
 # Inference cost and Table 1.
 
+
 localrules:
     profile,
     report,
@@ -8,13 +9,13 @@ localrules:
 rule profile:
     output:
         str(REG.profile()),
-    params:
-        architectures=REG.architecture_params(),
     log:
         "logs/profile.log",
     # more threads than any machine's --cores: Snakemake caps it at --cores, so locally the
     # timing job runs alone, never beside a training job (it sets its own torch threads)
     threads: 256
+    params:
+        architectures=REG.architecture_params(),
     shell:
         cli("profile") + " > {log} 2>&1"
 
@@ -28,8 +29,12 @@ rule report:
         profile=str(REG.profile()),
     output:
         # report(): shown with captions in `snakemake --report results/report.html`
-        csv=report(str(REG.table("csv")), caption="../report/table1.rst", category="Table 1"),
-        md=report(str(REG.table("md")), caption="../report/table1.rst", category="Table 1"),
+        csv=report(
+            str(REG.table("csv")), caption="../report/table1.rst", category="Table 1"
+        ),
+        md=report(
+            str(REG.table("md")), caption="../report/table1.rst", category="Table 1"
+        ),
         # a figure whose rows params.yaml lacks is skipped, so the folder is the output
         figures=report(
             directory(str(REG.figures_dir())),
@@ -55,10 +60,6 @@ rule robustness:
     output:
         csv=str(REG.robustness("csv")),
         md=str(REG.robustness("md")),
-    params:
-        seeds=list(REG.seeds),
-        student_modality=config["student_modality"],
-        train={k: config["train"][k] for k in ("batch_size", "device")},
     log:
         "logs/robustness.log",
     threads: config["train"]["threads"]
@@ -66,5 +67,9 @@ rule robustness:
         gpu=1,
         mem_mb=8000,
         runtime=120,
+    params:
+        seeds=list(REG.seeds),
+        student_modality=config["student_modality"],
+        train={k: config["train"][k] for k in ("batch_size", "device")},
     shell:
         cli("robustness") + " --quiet > {log} 2>&1"

@@ -15,8 +15,6 @@ rule train_teacher:
         data=str(REG.prepared()),
     output:
         **run_outputs("teacher"),
-    params:
-        run=_run_params("teacher"),
     log:
         str(REG.log(Run("teacher", "{name}", "{seed}"))),
     threads: config["train"]["threads"]
@@ -24,8 +22,11 @@ rule train_teacher:
         gpu=1,
         mem_mb=8000,
         runtime=240,
+    params:
+        run=_run_params("teacher"),
     shell:
-        cli("train") + " --role teacher --name {wildcards.name} --seed {wildcards.seed} > {log} 2>&1"
+        cli("train")
+        + " --role teacher --name {wildcards.name} --seed {wildcards.seed} > {log} 2>&1"
 
 
 rule train_student:
@@ -34,8 +35,6 @@ rule train_student:
         teacher=_teacher_checkpoint,
     output:
         **run_outputs("student"),
-    params:
-        run=_run_params("student"),
     log:
         str(REG.log(Run("student", "{name}", "{seed}"))),
     threads: config["train"]["threads"]
@@ -43,5 +42,8 @@ rule train_student:
         gpu=1,
         mem_mb=8000,
         runtime=240,
+    params:
+        run=_run_params("student"),
     shell:
-        cli("train") + " --role student --name {wildcards.name} --seed {wildcards.seed} > {log} 2>&1"
+        cli("train")
+        + " --role student --name {wildcards.name} --seed {wildcards.seed} > {log} 2>&1"

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,10 @@ def acquire(data_cfg: dict, raw_dir: str | Path, progress: bool = True) -> Path:
     if source == "synthetic":
         cfg = data_cfg["synthetic"]
         raw = synthetic.generate(
-            cfg["n_train"], cfg["n_valid"], cfg["n_test"], data_cfg["lengths"],
+            cfg["n_train"],
+            cfg["n_valid"],
+            cfg["n_test"],
+            data_cfg["lengths"],
             np.random.default_rng(cfg["seed"]),
         )
         out = raw_dir / SYNTHETIC_NAME

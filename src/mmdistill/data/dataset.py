@@ -10,9 +10,9 @@ as the reference implementation's dataset does (Tian et al., RepDistiller,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import numpy as np
@@ -34,11 +34,14 @@ class Batch:
     index: torch.Tensor  # (B,) int64 position of each sample in its split
     negatives: torch.Tensor | None = None  # (B, K) int64 indices of samples of other classes
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
         return Batch(
             {m: mv(x) for m, x in self.inputs.items()},
-            mv(self.label), mv(self.score), mv(self.index), mv(self.negatives),
+            mv(self.label),
+            mv(self.score),
+            mv(self.index),
+            mv(self.negatives),
         )
 
     def __len__(self) -> int:
@@ -64,11 +67,14 @@ class SplitData:
         """Padded sequence length per modality."""
         return {m: int(x.shape[1]) for m, x in self.inputs.items()}
 
-    def to(self, device: torch.device | str) -> "SplitData":
+    def to(self, device: torch.device | str) -> SplitData:
         """The split with every tensor on ``device`` (batches are then cut on the device)."""
         return replace(
-            self, inputs={m: x.to(device) for m, x in self.inputs.items()},
-            length=self.length.to(device), label=self.label.to(device), score=self.score.to(device),
+            self,
+            inputs={m: x.to(device) for m, x in self.inputs.items()},
+            length=self.length.to(device),
+            label=self.label.to(device),
+            score=self.score.to(device),
         )
 
     def batches(
@@ -101,8 +107,12 @@ class SplitData:
         return -(-len(self) // batch_size)
 
 
-def mask_inputs(inputs: dict[str, torch.Tensor], keep: tuple[str, ...], fill: str = "zero",
-                means: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def mask_inputs(
+    inputs: dict[str, torch.Tensor],
+    keep: tuple[str, ...],
+    fill: str = "zero",
+    means: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
     """Inputs with every modality not in ``keep`` replaced: by zeros (``fill='zero'``, which is
     also what padding looks like) or by a per-feature mean (``fill='mean'``, ``means[m]`` of
     shape (D,), e.g. the training-split mean over real time steps)."""
@@ -175,8 +185,7 @@ def load_split(path: str | Path, split: str) -> SplitData:
             arr = g[FILE_KEY[m]][...]
             if arr.ndim != 3 or arr.shape[0] != n or arr.shape[2] != FEATURE_DIM[m]:
                 raise DataError(
-                    f"{path}: {split}/{FILE_KEY[m]} has shape {arr.shape}; "
-                    f"expected ({n}, T, {FEATURE_DIM[m]})"
+                    f"{path}: {split}/{FILE_KEY[m]} has shape {arr.shape}; expected ({n}, T, {FEATURE_DIM[m]})"
                 )
             if not np.isfinite(arr).all():
                 raise DataError(f"{path}: {split}/{FILE_KEY[m]} holds NaN or inf (prepare cleans them)")
@@ -190,6 +199,10 @@ def load_split(path: str | Path, split: str) -> SplitData:
         length = g["length"][...].astype(np.int32)
         seg = [s.decode() if isinstance(s, bytes) else str(s) for s in g["segment_id"][...]]
     return SplitData(
-        split, inputs, torch.from_numpy(length), torch.from_numpy(label7),
-        torch.from_numpy(score), seg,
+        split,
+        inputs,
+        torch.from_numpy(length),
+        torch.from_numpy(label7),
+        torch.from_numpy(score),
+        seg,
     )

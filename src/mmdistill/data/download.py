@@ -14,7 +14,6 @@ import hashlib
 import http.client
 import logging
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -96,8 +95,14 @@ def fetch(
 
 
 def _fetch_one(
-    url: str, part: Path, name: str, sha256: str | None,
-    progress: bool, timeout: float, attempts: int, backoff: float,
+    url: str,
+    part: Path,
+    name: str,
+    sha256: str | None,
+    progress: bool,
+    timeout: float,
+    attempts: int,
+    backoff: float,
 ) -> None:
     """Complete ``part`` from ``url`` (resuming) and check its checksum, or raise."""
     last: Exception | None = None
@@ -141,7 +146,7 @@ def _transfer(url: str, part: Path, name: str, progress: bool, timeout: float) -
             return  # the part file already holds the whole file
         if exc.code == 416:
             part.unlink(missing_ok=True)  # the part file is longer than the file: restart
-            raise _Transient(f"HTTP 416 for a resume at byte {have}; restarting from zero")
+            raise _Transient(f"HTTP 416 for a resume at byte {have}; restarting from zero") from exc
         kind = _Transient if exc.code >= 500 else _Permanent
         raise kind(f"HTTP {exc.code} {exc.reason}") from exc
     except urllib.error.URLError as exc:
@@ -165,16 +170,24 @@ def _transfer(url: str, part: Path, name: str, progress: bool, timeout: float) -
         total = start + int(length) if length is not None else None
         mode = "ab" if start else "wb"
         written = start
-        with open(part, mode) as f, tqdm(
-            total=total, initial=start, unit="B", unit_scale=True, desc=name,
-            disable=not progress, leave=False,
-        ) as bar:
+        with (
+            open(part, mode) as f,
+            tqdm(
+                total=total,
+                initial=start,
+                unit="B",
+                unit_scale=True,
+                desc=name,
+                disable=not progress,
+                leave=False,
+            ) as bar,
+        ):
             try:
                 while block := resp.read(CHUNK):
                     f.write(block)
                     written += len(block)
                     bar.update(len(block))
-            except (OSError, http.client.HTTPException, socket.timeout) as exc:
+            except (TimeoutError, OSError, http.client.HTTPException) as exc:
                 raise _Transient(f"connection lost at byte {written} ({type(exc).__name__})") from exc
     if total is not None and written != total:
         raise _Transient(f"connection lost: got {written} of {total} bytes")

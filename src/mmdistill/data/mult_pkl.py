@@ -51,8 +51,7 @@ class ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in _ALLOWED:
             raise pickle.UnpicklingError(
-                f"refusing to load global '{module}.{name}': only numpy arrays and plain "
-                "containers are allowed"
+                f"refusing to load global '{module}.{name}': only numpy arrays and plain containers are allowed"
             )
         if _NEW_NUMPY and module.startswith("numpy.core."):
             module = "numpy._core." + module.removeprefix("numpy.core.")  # no deprecation shim
@@ -75,8 +74,16 @@ def load(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
             obj = ArrayUnpickler(f, encoding="latin1").load()  # latin1: Python 2 era pickles
     except EOFError as exc:
         raise DataError(f"{path}: truncated pickle (ends early: {exc or 'EOF'})") from exc
-    except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, MemoryError, UnicodeDecodeError) as exc:
+    except (
+        pickle.UnpicklingError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+        UnicodeDecodeError,
+    ) as exc:
         if "truncated" in str(exc):  # e.g. "pickle data was truncated"
             raise DataError(f"{path}: truncated pickle ({exc})") from exc
         raise DataError(f"{path}: malformed pickle ({type(exc).__name__}: {exc})") from exc
@@ -116,9 +123,7 @@ def _check_split(d: object, where: str, split: str) -> dict[str, np.ndarray]:
         out[key] = arr.astype(np.float32, copy=False)
     labels = d[LABEL_KEY]
     if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "fiu" or labels.size != n:
-        raise DataError(
-            f"{where}: '{LABEL_KEY}' must be {n} numbers (shape (N, 1, 1)), found {_describe(labels)}"
-        )
+        raise DataError(f"{where}: '{LABEL_KEY}' must be {n} numbers (shape (N, 1, 1)), found {_describe(labels)}")
     if labels.ndim == 0 or labels.shape[0] != n:
         raise DataError(f"{where}: '{LABEL_KEY}' has shape {labels.shape}; expected ({n}, 1, 1)")
     out[LABEL_KEY] = labels.astype(np.float32).reshape(n, 1, 1)

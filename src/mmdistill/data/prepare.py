@@ -31,10 +31,7 @@ from mmdistill.modalities import FEATURE_DIM, FILE_KEY, MODALITIES
 LABEL_KEY = "labels"
 ID_KEY = "id"
 LABEL_TOLERANCE = 1e-4
-ROUNDING = (
-    "label7 = numpy.round(clip(label, -3, 3)) + 3; numpy rounds halves to even "
-    "(-2.5 -> -2, 0.5 -> 0, 1.5 -> 2)"
-)
+ROUNDING = "label7 = numpy.round(clip(label, -3, 3)) + 3; numpy rounds halves to even (-2.5 -> -2, 0.5 -> 0, 1.5 -> 2)"
 LABEL_RULE = "labels that are NaN or outside [-3, 3] (tolerance 1e-4) are an error"
 _ROW_CHUNK = 1024  # samples per chunk when scanning for padding rows
 
@@ -71,9 +68,7 @@ def prepare(
     return arrays, summary
 
 
-def prepare_split(
-    d: dict[str, np.ndarray], lengths: dict[str, int], split: str
-) -> tuple[dict[str, np.ndarray], dict]:
+def prepare_split(d: dict[str, np.ndarray], lengths: dict[str, int], split: str) -> tuple[dict[str, np.ndarray], dict]:
     """One split: see :func:`prepare`."""
     need = [FILE_KEY[m] for m in MODALITIES] + [LABEL_KEY, ID_KEY]
     lacking = [k for k in need if k not in d]
@@ -89,9 +84,7 @@ def prepare_split(
         key = FILE_KEY[m]
         x = np.asarray(d[key])
         if x.ndim != 3 or x.shape[0] != n or x.shape[2] != FEATURE_DIM[m]:
-            raise DataError(
-                f"split '{split}': '{key}' has shape {x.shape}; expected ({n}, T, {FEATURE_DIM[m]})"
-            )
+            raise DataError(f"split '{split}': '{key}' has shape {x.shape}; expected ({n}, T, {FEATURE_DIM[m]})")
         raw_len = true_lengths(x)  # (N,)
         x = fit_length(x, lengths[m])  # (N, T_m, D) float32, a copy
         stats["nonfinite"][m] = clean_(x)

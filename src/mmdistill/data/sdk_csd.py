@@ -87,8 +87,7 @@ def load(
     fold_of = _fold_map(folds)
     if fold_of is None:
         log.warning("no MOSEI folds given: splitting videos by %s", HASH_FOLDS)
-    with _open(paths["labels"]) as flab, _open(paths["L"]) as fl, _open(paths["A"]) as fa, \
-            _open(paths["V"]) as fv:
+    with _open(paths["labels"]) as flab, _open(paths["L"]) as fl, _open(paths["A"]) as fa, _open(paths["V"]) as fv:
         labels = _data(flab, paths["labels"])
         feats = {"L": _data(fl, paths["L"]), "A": _data(fa, paths["A"]), "V": _data(fv, paths["V"])}
         acc = {s: {k: [] for k in (*FILE_KEY.values(), "labels", "id")} for s in SPLITS}
@@ -163,9 +162,7 @@ def _data(f: h5py.File, path: Path) -> h5py.Group:
     return root["data"]
 
 
-def _read_video(
-    g: h5py.Group, path: Path, vid: str, dim: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def _read_video(g: h5py.Group, path: Path, vid: str, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Features (m, n) and intervals (m, 2) of one video, sorted by start time."""
     if "features" not in g or "intervals" not in g:
         raise DataError(f"{path}: video {vid} lacks 'features' or 'intervals'")
@@ -173,8 +170,7 @@ def _read_video(
     t = np.asarray(g["intervals"][...], dtype=np.float64)
     if x.ndim != 2 or t.shape != (x.shape[0], 2):
         raise DataError(
-            f"{path}: video {vid} has features {x.shape} and intervals {t.shape}; "
-            "expected (m, n) and (m, 2)"
+            f"{path}: video {vid} has features {x.shape} and intervals {t.shape}; expected (m, n) and (m, 2)"
         )
     if dim is not None and x.shape[1] != dim:
         raise DataError(f"{path}: video {vid} features have {x.shape[1]} columns; expected {dim}")
@@ -183,7 +179,11 @@ def _read_video(
 
 
 def _segment(
-    video: tuple[np.ndarray, np.ndarray] | None, s: float, e: float, T: int, dim: int,
+    video: tuple[np.ndarray, np.ndarray] | None,
+    s: float,
+    e: float,
+    T: int,
+    dim: int,
 ) -> np.ndarray:
     """Feature rows of a video overlapping [s, e], last T kept, left zero-padded: (T, dim)."""
     out = np.zeros((T, dim), dtype=np.float32)

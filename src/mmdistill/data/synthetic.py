@@ -133,9 +133,7 @@ def generate(
     active = np.arange(model.max_events)[None, :] < n_events[:, None]  # (N, K)
     where = np.sort(rng.uniform(0.1, 0.9, (n, model.max_events)), axis=1)  # (N, K)
     common_seen = {m: np.repeat(c[:, None], model.max_events, axis=1) for m in MODALITIES}
-    common_seen["V"] = common_seen["V"] + model.video_common_noise * rng.standard_normal(
-        (n, model.max_events)
-    )
+    common_seen["V"] = common_seen["V"] + model.video_common_noise * rng.standard_normal((n, model.max_events))
 
     amp_c, amp_p = dict(model.amp_common), dict(model.amp_private)
     arrays = {}
@@ -181,9 +179,7 @@ def _modality_world(dim: int, rng: np.random.Generator) -> tuple[np.ndarray, ...
     return mu, scale, q[:, 0], q[:, 1], q[:, 2]
 
 
-def _audio_defects(
-    x: np.ndarray, start: np.ndarray, model: GenerativeModel, rng: np.random.Generator
-) -> None:
+def _audio_defects(x: np.ndarray, start: np.ndarray, model: GenerativeModel, rng: np.random.Generator) -> None:
     """Put -inf in the log-energy columns and whole-NaN rows at random true frames, in place."""
     n, T, _ = x.shape
     true = np.arange(T)[None, :] >= start[:, None]  # (N, T)

@@ -145,8 +145,11 @@ class ContrastMemory(nn.Module):
             if unset.any():
                 z = out.mean(dim=(1, 2)) * self.n_data  # (G,)
                 self.z[side] = torch.where(unset, z, self.z[side])
-                log.info("CRD normalization constant Z (%s anchor) set to %s",
-                         ("student", "teacher")[side], [round(x, 1) for x in z.tolist()[:8]])
+                log.info(
+                    "CRD normalization constant Z (%s anchor) set to %s",
+                    ("student", "teacher")[side],
+                    [round(x, 1) for x in z.tolist()[:8]],
+                )
         self._z_ready = bool((self.z >= 0).all())
 
     @torch.no_grad()
@@ -192,8 +195,7 @@ class CRDUnit(nn.Module):
     idx (B, K+1) -> (G,) loss per group (student-anchor + teacher-anchor terms).
     """
 
-    def __init__(self, groups: int, dim_s: int, dim_t: int, n_data: int,
-                 feat_dim: int, nce_t: float, momentum: float):
+    def __init__(self, groups: int, dim_s: int, dim_t: int, n_data: int, feat_dim: int, nce_t: float, momentum: float):
         super().__init__()
         self.n_data = n_data
         self.embed_s = Embed(groups, dim_s, feat_dim)
@@ -212,7 +214,7 @@ def bin_matrix(n_rows: int, n_bins: int) -> torch.Tensor:
     edges = [(b * n_rows) // n_bins for b in range(n_bins + 1)]
     A = torch.zeros(n_bins, n_rows)
     for b in range(n_bins):
-        A[b, edges[b]:edges[b + 1]] = 1.0 / (edges[b + 1] - edges[b])
+        A[b, edges[b] : edges[b + 1]] = 1.0 / (edges[b + 1] - edges[b])
     return A
 
 
@@ -244,16 +246,23 @@ class CRD(DistillLoss):
 
     name = "crd"
 
-    def __init__(self, ctx: DistillContext, *, feat_dim: int = 128, nce_k: int = 16384,
-                 nce_t: float = 0.07, momentum: float = 0.5, row_bins: int | None = 4,
-                 max_bank_mb: float = 2048):
+    def __init__(
+        self,
+        ctx: DistillContext,
+        *,
+        feat_dim: int = 128,
+        nce_k: int = 16384,
+        nce_t: float = 0.07,
+        momentum: float = 0.5,
+        row_bins: int | None = 4,
+        max_bank_mb: float = 2048,
+    ):
         super().__init__(ctx)
         self._check_options(ctx, feat_dim, nce_k, nce_t, momentum, row_bins, max_bank_mb)
         self.n_data = ctx.n_data
         self.nce_k = min(nce_k, ctx.n_data - 1)
         if self.nce_k < nce_k:
-            log.warning("crd: nce_k=%d exceeds n_data - 1 = %d; using %d negatives",
-                        nce_k, ctx.n_data - 1, self.nce_k)
+            log.warning("crd: nce_k=%d exceeds n_data - 1 = %d; using %d negatives", nce_k, ctx.n_data - 1, self.nce_k)
         self.row_bins = row_bins
         s_out, t_out = ctx.probe(self.student_request(), self.teacher_request())
         shapes = self._group_shapes(s_out, t_out)  # key -> (groups, dim_s, dim_t)
@@ -268,10 +277,9 @@ class CRD(DistillLoss):
                 f"{ {k: g for k, (g, _, _) in shapes.items()} }), above max_bank_mb={max_bank_mb}; "
                 f"lower {lower}, distill fewer pairs, or raise max_bank_mb"
             )
-        self.units = nn.ModuleDict({
-            key: CRDUnit(g, ds, dt, ctx.n_data, feat_dim, nce_t, momentum)
-            for key, (g, ds, dt) in shapes.items()
-        })
+        self.units = nn.ModuleDict(
+            {key: CRDUnit(g, ds, dt, ctx.n_data, feat_dim, nce_t, momentum) for key, (g, ds, dt) in shapes.items()}
+        )
         if self.level == "attention":
             # (nb, Tq) row-averaging matrices per pair and side, named by the pair's position
             for i, key in enumerate(self.pairs):
@@ -338,11 +346,11 @@ class CRD(DistillLoss):
             if self.row_bins is None and qs != qt:
                 raise ValueError(
                     f"crd: pair '{key}' has {qs} student rows and {qt} teacher rows; row_bins=None "
-                    f"(one bin per row) needs equal counts: set row_bins to at most {min(qs, qt)}")
+                    f"(one bin per row) needs equal counts: set row_bins to at most {min(qs, qt)}"
+                )
             nb = qs if self.row_bins is None else self.row_bins
             if nb > min(qs, qt):
-                raise ValueError(f"crd: row_bins={nb} exceeds the rows of pair '{key}' "
-                                 f"(student {qs}, teacher {qt})")
+                raise ValueError(f"crd: row_bins={nb} exceeds the rows of pair '{key}' (student {qs}, teacher {qt})")
             shapes[key] = (len(ls) * nb, ks, kt)
         return shapes
 
@@ -381,8 +389,10 @@ class CRD(DistillLoss):
         neg = batch.negatives
         B = batch.index.shape[0]
         if neg is None:
-            raise ValueError(f"crd needs batch.negatives of shape (B, {self.nce_k}); build batches with "
-                             f"n_negatives=loss.needs_negatives")
+            raise ValueError(
+                f"crd needs batch.negatives of shape (B, {self.nce_k}); build batches with "
+                f"n_negatives=loss.needs_negatives"
+            )
         if tuple(neg.shape) != (B, self.nce_k):
             raise ValueError(f"crd: batch.negatives has shape {tuple(neg.shape)}, expected ({B}, {self.nce_k})")
         return torch.cat([batch.index.view(B, 1), neg], dim=1).long()  # (B, K+1)

@@ -135,10 +135,18 @@ class DistillVLM(DistillLoss):
     name = "distillvlm"
     levels = ("attention",)
 
-    def __init__(self, ctx: DistillContext, *, queue_size: int = 4096, tokens: int | None = 256,
-                 temperature: float = 0.07,
-                 kd_temperature: float = 4.0, attn_weight: float = 1.0, hidden_weight: float = 1.0,
-                 logit_weight: float = 1.0):
+    def __init__(
+        self,
+        ctx: DistillContext,
+        *,
+        queue_size: int = 4096,
+        tokens: int | None = 256,
+        temperature: float = 0.07,
+        kd_temperature: float = 4.0,
+        attn_weight: float = 1.0,
+        hidden_weight: float = 1.0,
+        logit_weight: float = 1.0,
+    ):
         super().__init__(ctx)
         if not (isinstance(queue_size, int) and queue_size > 0):
             raise ValueError(f"distillvlm: queue_size must be a positive integer, got {queue_size!r}")
@@ -147,8 +155,11 @@ class DistillVLM(DistillLoss):
         for key, value in (("temperature", temperature), ("kd_temperature", kd_temperature)):
             if not value > 0:
                 raise ValueError(f"distillvlm: {key} must be > 0, got {value}")
-        for key, value in (("attn_weight", attn_weight), ("hidden_weight", hidden_weight),
-                           ("logit_weight", logit_weight)):
+        for key, value in (
+            ("attn_weight", attn_weight),
+            ("hidden_weight", hidden_weight),
+            ("logit_weight", logit_weight),
+        ):
             if not value >= 0:
                 raise ValueError(f"distillvlm: {key} must be >= 0, got {value}")
         if not self.pairs:
@@ -173,15 +184,17 @@ class DistillVLM(DistillLoss):
         """Check that both sides hold pair ``key`` with the same tokens; return the widths."""
         for side, out in (("student", s), ("teacher", t)):
             if key not in out.maps or key not in out.post_attention:
-                raise KeyError(f"distillvlm: the {side} output lacks attention maps or post-attention "
-                               f"outputs of pair '{key}'")
+                raise KeyError(
+                    f"distillvlm: the {side} output lacks attention maps or post-attention outputs of pair '{key}'"
+                )
         a_s, a_t = s.maps[key][0].shape, t.maps[key][0].shape  # (B, H, Tq, Tk)
         h_s, h_t = s.post_attention[key][0].shape, t.post_attention[key][0].shape  # (B, Tq, d)
         if a_s[2:] != a_t[2:] or h_s[1] != h_t[1]:
             raise ValueError(
                 f"distillvlm: pair '{key}' has student maps (Tq, Tk) = {tuple(a_s[2:])} and teacher maps "
                 f"{tuple(a_t[2:])}; token-wise distillation needs the same tokens on both sides: build the "
-                f"student with proxy 'down' (the teacher's sequence lengths)")
+                f"student with proxy 'down' (the teacher's sequence lengths)"
+            )
         return h_s[-1], h_t[-1]
 
     def student_request(self) -> Request:
@@ -198,15 +211,21 @@ class DistillVLM(DistillLoss):
             s_post, t_post = student.post_attention[key], teacher.post_attention[key]
             need_s, need_t = lmap[-1][0] + 1, lmap[-1][1] + 1
             if len(s_att) < need_s or len(t_att) < need_t or len(s_post) < need_s or len(t_post) < need_t:
-                raise ValueError(f"distillvlm: pair '{key}' got {len(s_att)} student and {len(t_att)} teacher "
-                                 f"layers, the layer map {lmap} needs {need_s} and {need_t}")
+                raise ValueError(
+                    f"distillvlm: pair '{key}' got {len(s_att)} student and {len(t_att)} teacher "
+                    f"layers, the layer map {lmap} needs {need_s} and {need_t}"
+                )
             attn.append(torch.stack([attention_distance(s_att[i], t_att[j]) for i, j in lmap]).mean())
             s_tok = torch.stack([s_post[i] for i, _ in lmap]).flatten(1, 2)  # (G, N, d_s), N = B * Tq
             with torch.no_grad():
-                t_tok = F.normalize(torch.stack([t_post[j] for _, j in lmap]).detach(), dim=-1).flatten(1, 2)  # (G, N, d_t)
+                t_tok = F.normalize(torch.stack([t_post[j] for _, j in lmap]).detach(), dim=-1).flatten(
+                    1, 2
+                )  # (G, N, d_t)
             if s_tok.shape[:2] != t_tok.shape[:2]:
-                raise ValueError(f"distillvlm: pair '{key}': student tokens {tuple(s_tok.shape)} and teacher tokens "
-                                 f"{tuple(t_tok.shape)} differ in number")
+                raise ValueError(
+                    f"distillvlm: pair '{key}': student tokens {tuple(s_tok.shape)} and teacher tokens "
+                    f"{tuple(t_tok.shape)} differ in number"
+                )
             if self.training and self.tokens is not None and self.tokens < s_tok.shape[1]:
                 pos = torch.randperm(s_tok.shape[1], device=s_tok.device)[: self.tokens]
                 s_tok, t_tok = s_tok[:, pos], t_tok[:, pos]  # (G, tokens, d)
@@ -214,8 +233,11 @@ class DistillVLM(DistillLoss):
             nce.append(info_nce(q, t_tok, queue.queue, self.temperature))
             if self.training:
                 queue.push(t_tok)
-        terms = {"attn": torch.stack(attn).mean(), "hidden": torch.stack(nce).mean(),
-                 "logit": logit_kd(student.logits, teacher.logits, self.kd_temperature)}
+        terms = {
+            "attn": torch.stack(attn).mean(),
+            "hidden": torch.stack(nce).mean(),
+            "logit": logit_kd(student.logits, teacher.logits, self.kd_temperature),
+        }
         self._accumulate(terms, len(batch))
         return sum(self.term_weights[name] * value for name, value in terms.items())
 

@@ -222,8 +222,15 @@ class EDAM(DistillLoss):
     name = "edam"
     levels = ("attention",)
 
-    def __init__(self, ctx: DistillContext, *, temperature: float = 1.0, direction: str = "teacher_target",
-                 variant: str = "S", learn_upsampler: bool = False):
+    def __init__(
+        self,
+        ctx: DistillContext,
+        *,
+        temperature: float = 1.0,
+        direction: str = "teacher_target",
+        variant: str = "S",
+        learn_upsampler: bool = False,
+    ):
         super().__init__(ctx)
         if not temperature > 0:
             raise ValueError(f"edam: temperature must be > 0, got {temperature}")
@@ -244,7 +251,10 @@ class EDAM(DistillLoss):
         self.upsamplers = nn.ModuleDict()
         for key in self.pairs:
             s_layers, t_layers = s_out.attention.get(key), self._teacher_layers(t_out, key)
-            (tq_s, tk_s), (tq_t, tk_t) = self._map_shape(s_layers, key, "student"), self._map_shape(t_layers, key, "teacher")
+            (tq_s, tk_s), (tq_t, tk_t) = (
+                self._map_shape(s_layers, key, "student"),
+                self._map_shape(t_layers, key, "teacher"),
+            )
             n_s, n_t = len(s_layers), len(t_layers)
             if n_s != n_t:
                 raise ValueError(f"edam: pair '{key}' has {n_s} student layers but {n_t} teacher layers")
@@ -252,7 +262,8 @@ class EDAM(DistillLoss):
                 raise ValueError(
                     f"edam variant 'S' needs attention maps of equal shape, but pair '{key}' has student "
                     f"maps (Tq, Tk) = {(tq_s, tk_s)} and teacher maps {(tq_t, tk_t)}; down-sample the "
-                    f"student's sequences to the teacher's lengths or use variant 'T'")
+                    f"student's sequences to the teacher's lengths or use variant 'T'"
+                )
             if variant == "T":
                 self.upsamplers[key] = Upsampler(tq_t, tk_t, tq_s, tk_s, learn_upsampler)
 
@@ -301,8 +312,10 @@ class EDAM(DistillLoss):
         map of them or None, teacher scores or map (B, H_t, Tq', Tk') -> scalar."""
         t = t.detach() if self.teacher_maps else self.teacher_scores(key, t)
         if s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
-            raise ValueError(f"edam: pair '{key}': student scores {tuple(s.shape)} and teacher scores "
-                             f"{tuple(t.shape)} (after up-sampling, if any) do not match")
+            raise ValueError(
+                f"edam: pair '{key}': student scores {tuple(s.shape)} and teacher scores "
+                f"{tuple(t.shape)} (after up-sampling, if any) do not match"
+            )
         average = s.shape[1] != t.shape[1]
         a, b = (t, s) if self.direction == "teacher_target" else (s, t)  # F(a, b) = -a log b
         if self.teacher_maps:  # the teacher's own maps (temperature 1)

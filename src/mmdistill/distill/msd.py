@@ -117,8 +117,9 @@ def removal_view(m: str) -> tuple[str, ...]:
 
 
 @torch.no_grad()
-def population_saliency(teacher: nn.Module, split: SplitData, modalities: tuple[str, ...],
-                        batch_size: int) -> torch.Tensor:
+def population_saliency(
+    teacher: nn.Module, split: SplitData, modalities: tuple[str, ...], batch_size: int
+) -> torch.Tensor:
     """Mean over ``split`` of ``p_T(y|x) - p_T(y|x without m)`` per modality m: (M,).
 
     The teacher runs in eval mode on the device of its parameters; removed modalities are zeroed.
@@ -158,9 +159,16 @@ class MSD(DistillLoss):
     name = "msd"
     levels = ("final",)
 
-    def __init__(self, ctx: DistillContext, *, temperature: float = 4.0, weighting: str = "population",
-                 modalities: list[str] | tuple[str, ...] = MODALITIES, meta_every: int = 1,
-                 meta_momentum: float = 0.9):
+    def __init__(
+        self,
+        ctx: DistillContext,
+        *,
+        temperature: float = 4.0,
+        weighting: str = "population",
+        modalities: list[str] | tuple[str, ...] = MODALITIES,
+        meta_every: int = 1,
+        meta_momentum: float = 0.9,
+    ):
         super().__init__(ctx)
         if not temperature > 0:
             raise ValueError(f"msd: temperature must be > 0, got {temperature}")
@@ -192,8 +200,11 @@ class MSD(DistillLoss):
             saliency = population_saliency(teacher, split, self.modalities, int(self._need(ctx, "batch_size")))
             self.register_buffer("saliency", saliency)
             self.register_buffer("weights", normalize_saliency(saliency))
-            log.info("msd: population saliency %s -> weights %s", dict(zip(self.modalities, saliency.tolist())),
-                     dict(zip(self.modalities, self.weights.tolist())))
+            log.info(
+                "msd: population saliency %s -> weights %s",
+                dict(zip(self.modalities, saliency.tolist())),
+                dict(zip(self.modalities, self.weights.tolist())),
+            )
         elif weighting in ("meta", "uniform"):
             self.register_buffer("weights", torch.full((M,), 1.0 / M))
         if weighting == "meta":
@@ -228,10 +239,17 @@ class MSD(DistillLoss):
         """Per-sample auxiliary KD terms (B, M), one column per modality."""
         missing = [m for m in self.modalities if m not in teacher.views]
         if missing:
-            raise KeyError(f"msd: the teacher output lacks the views {missing} (has {sorted(teacher.views)}); "
-                           f"the training loop attaches the views of teacher_views()")
-        return torch.stack([kd_per_sample(self.student_view(student, m), teacher.views[m].logits, self.temperature)
-                            for m in self.modalities], dim=1)
+            raise KeyError(
+                f"msd: the teacher output lacks the views {missing} (has {sorted(teacher.views)}); "
+                f"the training loop attaches the views of teacher_views()"
+            )
+        return torch.stack(
+            [
+                kd_per_sample(self.student_view(student, m), teacher.views[m].logits, self.temperature)
+                for m in self.modalities
+            ],
+            dim=1,
+        )
 
     def forward(self, student: ModelOutput, teacher: ModelOutput, batch: Batch) -> torch.Tensor:
         z_s, z_t = student.logits, teacher.logits
@@ -264,8 +282,10 @@ class MSD(DistillLoss):
         """(B, M) normalized per-sample saliencies from the cached full and removal views."""
         with torch.no_grad():
             p_full = true_class_probability(teacher.logits, label)  # (B,)
-            sal = torch.stack([p_full - true_class_probability(teacher.views[f"no_{m}"].logits, label)
-                               for m in self.modalities], dim=1)  # (B, M)
+            sal = torch.stack(
+                [p_full - true_class_probability(teacher.views[f"no_{m}"].logits, label) for m in self.modalities],
+                dim=1,
+            )  # (B, M)
             return normalize_saliency(sal)
 
     # -- meta-learned weights -------------------------------------------------------------

@@ -21,8 +21,18 @@ from mmdistill.models.student import UnimodalStudent
 from mmdistill.models.teacher import MulTTeacher
 
 __all__ = [
-    "CONFIGURATIONS", "NOTHING", "PAPER_PRESET", "Configuration", "ModelConfig", "ModelOutput",
-    "MulTTeacher", "Request", "UnimodalStudent", "build_student", "build_teacher", "count_parameters",
+    "CONFIGURATIONS",
+    "NOTHING",
+    "PAPER_PRESET",
+    "Configuration",
+    "ModelConfig",
+    "ModelOutput",
+    "MulTTeacher",
+    "Request",
+    "UnimodalStudent",
+    "build_student",
+    "build_teacher",
+    "count_parameters",
 ]
 
 

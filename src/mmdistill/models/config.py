@@ -62,7 +62,7 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.conv_kernel must be odd to keep sequence lengths, got {self.conv_kernel}")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Build from a plain mapping (e.g. params.yaml's ``model:``); unknown keys are errors."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)

@@ -63,24 +63,44 @@ CONFIGURATIONS: dict[str, Configuration] = {
     c.key: c
     for c in (
         Configuration(
-            "complete", 1, "KD from the Complete Teacher Network",
-            _COMPLETE, _COMPLETE, ("V", "A", "L"),
+            "complete",
+            1,
+            "KD from the Complete Teacher Network",
+            _COMPLETE,
+            _COMPLETE,
+            ("V", "A", "L"),
         ),
         Configuration(
-            "video", 2, "KD from Video Branch",
-            ("V<-V", "A<-V", "L<-V"), ("A<-V", "L<-V"), ("V",),
+            "video",
+            2,
+            "KD from Video Branch",
+            ("V<-V", "A<-V", "L<-V"),
+            ("A<-V", "L<-V"),
+            ("V",),
         ),
         Configuration(
-            "language", 3, "KD from Language Branch",
-            ("V<-V", "V<-L", "A<-L"), ("V<-L", "A<-L"), ("L",),
+            "language",
+            3,
+            "KD from Language Branch",
+            ("V<-V", "V<-L", "A<-L"),
+            ("V<-L", "A<-L"),
+            ("L",),
         ),
         Configuration(
-            "audio", 4, "KD from Audio Branch",
-            ("V<-V", "V<-A", "L<-A"), ("V<-A", "L<-A"), ("A",),
+            "audio",
+            4,
+            "KD from Audio Branch",
+            ("V<-V", "V<-A", "L<-A"),
+            ("V<-A", "L<-A"),
+            ("A",),
         ),
         Configuration(
-            "language_audio", 5, "KD from Language and Audio Branches of Complete Teacher Network",
-            ("V<-V", "V<-L", "V<-A"), ("V<-A", "V<-L"), ("V", "A", "L"),
+            "language_audio",
+            5,
+            "KD from Language and Audio Branches of Complete Teacher Network",
+            ("V<-V", "V<-L", "V<-A"),
+            ("V<-A", "V<-L"),
+            ("V", "A", "L"),
         ),
     )
 }
@@ -90,4 +110,3 @@ def get_configuration(key: str) -> Configuration:
     if key not in CONFIGURATIONS:
         raise KeyError(f"unknown student-teacher configuration '{key}'; known: {sorted(CONFIGURATIONS)}")
     return CONFIGURATIONS[key]
-

@@ -4,8 +4,9 @@ PyTorch's CPU dropout draws its mask with ``bernoulli_``, one double-precision u
 element from the serial Mersenne Twister (the MKL path is taken on Intel CPUs only). Measured
 on a 2-core AMD EPYC VM (torch 2.13.0+cpu): 4.3 ms for the 1.06 M elements of one feed-forward
 activation of a full-length MOSEI batch (16 x 500 x 132; torch's whole dropout of it 4.7 ms),
-and ``bernoulli_`` was 18 % of the full-length teacher's training step. Here one 64-bit draw (all 64 bits, ``random_(-2**63,
-None)``) gives four 16-bit uniforms, and an element is dropped when its uniform falls among the
+and ``bernoulli_`` was 18 % of the full-length teacher's training step. Here one 64-bit draw
+(all 64 bits, ``random_(-2**63, None)``) gives four 16-bit uniforms, and an element is dropped
+when its uniform falls among the
 lowest ``k = round(p * 65536)`` of the 65536 values: dropout with probability ``k / 65536``
 (|k / 65536 - p| <= 2^-17; p = 0.1 becomes 0.1000061), kept elements scaled by
 ``65536 / (65536 - k)`` so the expectation is unchanged. The whole dropout of the same

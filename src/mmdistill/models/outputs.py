@@ -68,9 +68,9 @@ class ModelOutput:
     attention: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     maps: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     post_attention: dict[str, list[torch.Tensor]] = field(default_factory=dict)
-    views: dict[str, "ModelOutput"] = field(default_factory=dict)
+    views: dict[str, ModelOutput] = field(default_factory=dict)
 
-    def detach(self) -> "ModelOutput":
+    def detach(self) -> ModelOutput:
         return ModelOutput(
             None if self.logits is None else self.logits.detach(),
             None if self.penultimate is None else self.penultimate.detach(),

@@ -129,9 +129,7 @@ class TransformerStack(nn.Module):
             consumed.update(need)
         self.pooled = tuple(n for n in names if is_memory(n) or n not in consumed)
         self.streams = tuple(m for m in MODALITIES if any(m in parse_pair(n) for n in self.cross))
-        self.encoders = nn.ModuleDict(
-            {n: TransformerEncoder(2 * d if is_memory(n) else d, cfg) for n in names}
-        )
+        self.encoders = nn.ModuleDict({n: TransformerEncoder(2 * d if is_memory(n) else d, cfg) for n in names})
         width = sum(2 * d if is_memory(n) else d for n in self.pooled)
         self.head = Head(width, cfg)
 
@@ -150,7 +148,10 @@ class TransformerStack(nn.Module):
 
         def run(name: str, x_q: torch.Tensor, x_kv: torch.Tensor | None) -> None:
             out, s, a, p = self.encoders[name](
-                x_q, x_kv, want_scores=name in request.attention, want_maps=name in request.maps,
+                x_q,
+                x_kv,
+                want_scores=name in request.attention,
+                want_maps=name in request.maps,
                 want_post=name in request.post_attention,
             )
             outs[name] = out

@@ -48,8 +48,18 @@ log = logging.getLogger(__name__)
 FIGURES = ("accuracy", "cost", "curves_loss", "curves_valid", "confusion", "attention")
 DPI = 110
 CLASS_LABELS = [str(c - 3) for c in range(N_CLASSES)]  # class index 0..6 = sentiment -3..3
-SEED_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
-               "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+SEED_COLORS = (
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:gray",
+    "tab:olive",
+    "tab:cyan",
+)
 ROLE_COLORS = {"Teacher": "#8c8c8c", "Student": "#4c72b0", "baseline": "#c44e52"}
 TEXT_COLORS = {"Teacher": "#505050", "Student": "#3b5a8c"}
 
@@ -105,19 +115,38 @@ def accuracy_figure(table: pd.DataFrame, runs: pd.DataFrame) -> Figure:
     y = np.arange(n)[::-1]  # first row on top
     baseline = table[(table.network == "Student") & (table.method == "none")]
     for ax, metric, title in zip(axes, ("acc", "f1"), ("Accuracy (%)", "Weighted F1 (%)")):
-        colors = [ROLE_COLORS["baseline"] if (r.network == "Student" and r.method == "none")
-                  else ROLE_COLORS[r.network] for r in table.itertuples()]
-        ax.barh(y, table[f"{metric}_mean"], xerr=table[f"{metric}_std"].fillna(0), color=colors,
-                alpha=0.75, height=0.7, capsize=3, error_kw={"elinewidth": 1})
+        colors = [
+            ROLE_COLORS["baseline"] if (r.network == "Student" and r.method == "none") else ROLE_COLORS[r.network]
+            for r in table.itertuples()
+        ]
+        ax.barh(
+            y,
+            table[f"{metric}_mean"],
+            xerr=table[f"{metric}_std"].fillna(0),
+            color=colors,
+            alpha=0.75,
+            height=0.7,
+            capsize=3,
+            error_kw={"elinewidth": 1},
+        )
         for yi, r in zip(y, table.itertuples()):
             seeds = runs[(runs.role == r.network.lower()) & (runs.name == r.name)][metric]
             ax.plot(seeds, np.full(len(seeds), yi), "o", ms=3, color="black", alpha=0.6, zorder=3)
-            if f"d_{metric}_ci_low" in table and (getattr(r, f"d_{metric}_ci_low") > 0 or
-                                                    getattr(r, f"d_{metric}_ci_high") < 0):
-                right = np.nanmax([getattr(r, f"{metric}_mean") + np.nan_to_num(getattr(r, f"{metric}_std")),
-                                   seeds.max()])
-                ax.annotate("*", (right, yi), xytext=(5, -5), textcoords="offset points",
-                            fontsize=13, fontweight="bold", color=ROLE_COLORS["baseline"])
+            if f"d_{metric}_ci_low" in table and (
+                getattr(r, f"d_{metric}_ci_low") > 0 or getattr(r, f"d_{metric}_ci_high") < 0
+            ):
+                right = np.nanmax(
+                    [getattr(r, f"{metric}_mean") + np.nan_to_num(getattr(r, f"{metric}_std")), seeds.max()]
+                )
+                ax.annotate(
+                    "*",
+                    (right, yi),
+                    xytext=(5, -5),
+                    textcoords="offset points",
+                    fontsize=13,
+                    fontweight="bold",
+                    color=ROLE_COLORS["baseline"],
+                )
         ax.plot(table[f"paper_{metric}"], y, "D", ms=6, mfc="none", mec="black", mew=1.3, zorder=4)
         if not baseline.empty:
             ax.axvline(baseline[f"{metric}_mean"].iloc[0], color=ROLE_COLORS["baseline"], ls="--", lw=1)
@@ -133,8 +162,17 @@ def accuracy_figure(table: pd.DataFrame, runs: pd.DataFrame) -> Figure:
         axes[0].plot([], [], "D", mfc="none", mec="black", label="paper (CMU-MOSEI)")[0],
     ]
     if "d_acc_ci_low" in table:
-        handles.append(axes[0].plot([], [], ls="", marker="$*$", ms=8, color=ROLE_COLORS["baseline"],
-                                    label="differs from no KD (paired 95% CI excludes 0)")[0])
+        handles.append(
+            axes[0].plot(
+                [],
+                [],
+                ls="",
+                marker="$*$",
+                ms=8,
+                color=ROLE_COLORS["baseline"],
+                label="differs from no KD (paired 95% CI excludes 0)",
+            )[0]
+        )
     fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize=8, frameon=False)
     return fig
 
@@ -154,8 +192,13 @@ def cost_points(table: pd.DataFrame, profile: dict[str, Any]) -> pd.DataFrame:
         arch = profile["architectures"][key]
         bp = arch["blueprint"]
         short = "+".join(bp["branches"]) if g["role"] == "Teacher" else bp["configuration"]
-        row = {"role": g["role"], "short": short, "n_rows": len(g["names"]), "names": ", ".join(g["names"]),
-               "parameters": arch["parameters"]}
+        row = {
+            "role": g["role"],
+            "short": short,
+            "n_rows": len(g["names"]),
+            "names": ", ".join(g["names"]),
+            "parameters": arch["parameters"],
+        }
         for bs, lat in arch["latency"].items():
             row.update({f"b{bs}_median": lat["median_ms"], f"b{bs}_p10": lat["p10_ms"], f"b{bs}_p90": lat["p90_ms"]})
         rows.append(row)
@@ -179,15 +222,31 @@ def cost_figure(table: pd.DataFrame, profile: dict[str, Any]) -> Figure:
         for role, marker in (("Teacher", "s"), ("Student", "o")):
             p = pts[pts.role == role]
             med = p[f"b{bs}_median"]
-            ax.errorbar(p.parameters, med, yerr=[med - p[f"b{bs}_p10"], p[f"b{bs}_p90"] - med], fmt=marker,
-                        ms=7, color=ROLE_COLORS[role], capsize=3, alpha=0.85, label=f"{role.lower()}s")
+            ax.errorbar(
+                p.parameters,
+                med,
+                yerr=[med - p[f"b{bs}_p10"], p[f"b{bs}_p90"] - med],
+                fmt=marker,
+                ms=7,
+                color=ROLE_COLORS[role],
+                capsize=3,
+                alpha=0.85,
+                label=f"{role.lower()}s",
+            )
         stack, prev = 0, None
         for n_params, role, text in labels:  # labels of close parameter counts are stacked downwards
             stack = stack + 1 if prev is not None and n_params < 1.15 * prev else 0
             prev = n_params
             same = pts[(pts.role == role) & (pts.parameters == n_params)]
-            ax.annotate(text, (n_params, same[f"b{bs}_median"].max()), xytext=(8, 6 - 13 * stack),
-                        textcoords="offset points", fontsize=7, va="bottom", color=TEXT_COLORS[role])
+            ax.annotate(
+                text,
+                (n_params, same[f"b{bs}_median"].max()),
+                xytext=(8, 6 - 13 * stack),
+                textcoords="offset points",
+                fontsize=7,
+                va="bottom",
+                color=TEXT_COLORS[role],
+            )
         lo = pts[f"b{bs}_p10"].min()
         if pts[f"b{bs}_p90"].max() > 10 * lo > 0:
             ax.set_yscale("log")
@@ -214,8 +273,9 @@ def load_curves(reg: Registry, table: pd.DataFrame) -> dict[str, dict[int, pd.Da
     return out
 
 
-def curves_figure(curves: dict[str, dict[int, pd.DataFrame]], series: list[tuple[str, str, str]],
-                  ylabel: str, scale: float = 1.0) -> Figure:
+def curves_figure(
+    curves: dict[str, dict[int, pd.DataFrame]], series: list[tuple[str, str, str]], ylabel: str, scale: float = 1.0
+) -> Figure:
     """A grid with one panel per row, seeds overlaid (colour = seed); ``series`` lists
     (column, line style, legend text); values are multiplied by ``scale``."""
     n = len(curves)
@@ -223,8 +283,9 @@ def curves_figure(curves: dict[str, dict[int, pd.DataFrame]], series: list[tuple
     nrows = -(-n // cols)
     width, height = 3.1 * cols, 0.8 + 2.2 * nrows
     fig = new_figure(width, height, layout=None)  # fixed margins: a constrained grid costs ~1 s more
-    fig.subplots_adjust(left=0.6 / width, right=1 - 0.15 / width, bottom=0.5 / height, top=1 - 0.6 / height,
-                        wspace=0.28, hspace=0.38)
+    fig.subplots_adjust(
+        left=0.6 / width, right=1 - 0.15 / width, bottom=0.5 / height, top=1 - 0.6 / height, wspace=0.28, hspace=0.38
+    )
     axes = np.atleast_1d(fig.subplots(nrows, cols, sharex=True, squeeze=False)).ravel()
     seeds = sorted({s for runs in curves.values() for s in runs})
     for ax, (title, runs) in zip(axes, curves.items()):
@@ -239,13 +300,15 @@ def curves_figure(curves: dict[str, dict[int, pd.DataFrame]], series: list[tuple
         ax.grid(alpha=0.3)
     for ax in axes[n:]:
         ax.set_visible(False)
-    for ax in axes[(nrows - 1) * cols:]:
+    for ax in axes[(nrows - 1) * cols :]:
         ax.set_xlabel("epoch", fontsize=8)
     for ax in axes[::cols]:
         ax.set_ylabel(ylabel, fontsize=8)
     handles = [axes[0].plot([], [], style, color="black", label=text)[0] for _, style, text in series]
-    handles += [axes[0].plot([], [], "-", color=SEED_COLORS[i % len(SEED_COLORS)], label=f"seed {s}")[0]
-                for i, s in enumerate(seeds)]
+    handles += [
+        axes[0].plot([], [], "-", color=SEED_COLORS[i % len(SEED_COLORS)], label=f"seed {s}")[0]
+        for i, s in enumerate(seeds)
+    ]
     fig.legend(handles=handles, loc="upper center", ncols=len(handles), fontsize=8, frameon=False)
     return fig
 
@@ -266,8 +329,15 @@ def confusion_figure(matrices: list[tuple[str, np.ndarray]]) -> Figure:
         im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
         for i, j in np.ndindex(cm.shape):
             if cm[i, j]:
-                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
-                        color="white" if share[i, j] > 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{int(cm[i, j])}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if share[i, j] > 0.6 else "black",
+                )
         ax.set_xticks(range(N_CLASSES), CLASS_LABELS, fontsize=8)
         ax.set_yticks(range(N_CLASSES), CLASS_LABELS, fontsize=8)
         ax.set_xlabel("predicted sentiment class", fontsize=8)
@@ -313,8 +383,9 @@ class AttentionPanel:
     role: str  # 'teacher' | 'student'
 
 
-def attention_figure(panels: list[AttentionPanel], transformer: str, layer: int, title: str,
-                     student_modality: str = "V") -> Figure:
+def attention_figure(
+    panels: list[AttentionPanel], transformer: str, layer: int, title: str, student_modality: str = "V"
+) -> Figure:
     """Maps (query steps x key steps) on one colour scale. A student's streams other than its
     input modality are proxies made from it, which the axis labels say."""
     kv, query = parse_pair(transformer)
@@ -342,7 +413,7 @@ def row_kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-12) -> float:
     return float(np.mean(np.sum(p * (np.log(p + eps) - np.log(q + eps)), axis=-1)))
 
 
-def read_test_sample(path: str | Path, index: int) -> tuple[dict[str, "torch.Tensor"], int]:  # noqa: F821
+def read_test_sample(path: str | Path, index: int) -> tuple[dict[str, torch.Tensor], int]:  # noqa: F821
     """One test sample of a prepared HDF5 file (read by slicing, not the whole split) and its class."""
     import torch
 
@@ -351,8 +422,9 @@ def read_test_sample(path: str | Path, index: int) -> tuple[dict[str, "torch.Ten
         n = g["label7"].shape[0]
         if not 0 <= index < n:
             raise IndexError(f"{path}: test sample {index} requested, the test split has {n}")
-        inputs = {m: torch.from_numpy(np.asarray(g[FILE_KEY[m]][index:index + 1], dtype=np.float32))
-                  for m in MODALITIES}  # (1, T, D)
+        inputs = {
+            m: torch.from_numpy(np.asarray(g[FILE_KEY[m]][index : index + 1], dtype=np.float32)) for m in MODALITIES
+        }  # (1, T, D)
         return inputs, int(g["label7"][index])
 
 
@@ -364,8 +436,11 @@ def attention_maps(reg: Registry, rows: FigureRows) -> tuple[list[AttentionPanel
     from mmdistill.models.outputs import Request
 
     seed = reg.seeds[0] if rows.seed is None else rows.seed
-    wanted = [("teacher", rows.teacher, "teacher"), ("student", rows.nokd, "student without KD"),
-              ("student", rows.attention_student, "student after KD")]
+    wanted = [
+        ("teacher", rows.teacher, "teacher"),
+        ("student", rows.nokd, "student without KD"),
+        ("student", rows.attention_student, "student after KD"),
+    ]
     inputs, label = read_test_sample(reg.prepared(), rows.sample)
     request = Request(attention=frozenset({rows.transformer}))
     maps: list[AttentionPanel] = []
@@ -379,8 +454,13 @@ def attention_maps(reg: Registry, rows: FigureRows) -> tuple[list[AttentionPanel
         with torch.no_grad():
             out = model(inputs, request)
         if rows.transformer not in out.attention or rows.layer >= len(out.attention[rows.transformer]):
-            log.info("attention figure: %ss.%s has no transformer '%s' layer %d; panel skipped",
-                     role, name, rows.transformer, rows.layer + 1)
+            log.info(
+                "attention figure: %ss.%s has no transformer '%s' layer %d; panel skipped",
+                role,
+                name,
+                rows.transformer,
+                rows.layer + 1,
+            )
             continue
         scores = out.attention[rows.transformer][rows.layer]  # (1, H, Tq, Tk)
         m = scores.softmax(-1).mean(1)[0].cpu().numpy()  # (Tq, Tk)
@@ -394,8 +474,14 @@ def attention_maps(reg: Registry, rows: FigureRows) -> tuple[list[AttentionPanel
 
 
 # ---------------------------------------------------------------------- all figures
-def make_figures(reg: Registry, table: pd.DataFrame, runs: pd.DataFrame, profile: dict[str, Any],
-                 out_dir: str | Path, rows: FigureRows = FigureRows()) -> dict[str, Path]:
+def make_figures(
+    reg: Registry,
+    table: pd.DataFrame,
+    runs: pd.DataFrame,
+    profile: dict[str, Any],
+    out_dir: str | Path,
+    rows: FigureRows = FigureRows(),
+) -> dict[str, Path]:
     """Write every figure into ``out_dir``; return name -> path of those written.
 
     ``table`` is Table 1 (with or without the paired-difference columns), ``runs`` the
@@ -416,8 +502,10 @@ def make_figures(reg: Registry, table: pd.DataFrame, runs: pd.DataFrame, profile
     panels = confusion_rows(table, rows)
     put("confusion", confusion_figure([(t, load_confusion(reg, r, n)) for r, n, t in panels]) if panels else None)
     maps, title = attention_maps(reg, rows)
-    put("attention", attention_figure(maps, rows.transformer, rows.layer, title, reg.params["student_modality"])
-        if maps else None)
+    put(
+        "attention",
+        attention_figure(maps, rows.transformer, rows.layer, title, reg.params["student_modality"]) if maps else None,
+    )
     for name in FIGURES:  # a figure skipped this time must not survive from an earlier run
         stale = out_dir / f"{name}.png"
         if name not in written and stale.exists():

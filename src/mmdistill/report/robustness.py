@@ -57,14 +57,15 @@ def feature_means(split: SplitData, chunk: int = 1024) -> dict[str, torch.Tensor
         total = torch.zeros(x.shape[2], dtype=torch.float64)
         count = 0
         for start in range(0, len(split), chunk):
-            xs = x[start:start + chunk]
-            lengths = split.length[start:start + chunk, j].to(torch.long).clamp(max=T)  # (n,)
+            xs = x[start : start + chunk]
+            lengths = split.length[start : start + chunk, j].to(torch.long).clamp(max=T)  # (n,)
             real = torch.arange(T) >= (T - lengths)[:, None]  # (n, T)
             total += (xs.double() * real[..., None]).sum(dim=(0, 1))
             count += int(real.sum())
         if count == 0:
-            raise DataError(f"split '{split.name}': modality {m} has no real (non-padded) time step, "
-                            f"so its mean is undefined")
+            raise DataError(
+                f"split '{split.name}': modality {m} has no real (non-padded) time step, so its mean is undefined"
+            )
         means[m] = (total / count).float()
     return means
 
@@ -82,9 +83,15 @@ def condition_name(missing: tuple[str, ...]) -> str:
 
 
 @torch.no_grad()
-def evaluate_missing(model: nn.Module, split: SplitData, missing: tuple[str, ...], fill: str,
-                     means: dict[str, torch.Tensor] | None, batch_size: int,
-                     device: torch.device | str = "cpu") -> dict[str, Any]:
+def evaluate_missing(
+    model: nn.Module,
+    split: SplitData,
+    missing: tuple[str, ...],
+    fill: str,
+    means: dict[str, torch.Tensor] | None,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
     """Test metrics of ``model`` with the modalities ``missing`` replaced by ``fill``."""
     if fill not in FILLS:
         raise ValueError(f"unknown fill {fill!r}; expected one of {FILLS}")
@@ -98,15 +105,32 @@ def evaluate_missing(model: nn.Module, split: SplitData, missing: tuple[str, ...
     return classification_metrics(split.label.numpy(), torch.cat(preds).numpy())
 
 
-def teacher_rows(name: str, seed: int, model: nn.Module, test: SplitData, means: dict[str, torch.Tensor],
-                 student_modality: str, batch_size: int, device: torch.device | str = "cpu") -> list[dict[str, Any]]:
+def teacher_rows(
+    name: str,
+    seed: int,
+    model: nn.Module,
+    test: SplitData,
+    means: dict[str, torch.Tensor],
+    student_modality: str,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+) -> list[dict[str, Any]]:
     """One row per condition (and fill) for one teacher run."""
     rows = []
 
     def add(missing: tuple[str, ...], fill: str) -> None:
         m = evaluate_missing(model, test, missing, fill, means, batch_size, device)
-        rows.append({"network": "Teacher", "name": name, "seed": seed, "missing": condition_name(missing),
-                     "fill": fill, "acc": 100 * m["acc7"], "f1": 100 * m["f1_weighted"]})
+        rows.append(
+            {
+                "network": "Teacher",
+                "name": name,
+                "seed": seed,
+                "missing": condition_name(missing),
+                "fill": fill,
+                "acc": 100 * m["acc7"],
+                "f1": 100 * m["f1_weighted"],
+            }
+        )
 
     add((), "zero")  # nothing is replaced: the fill does not matter
     for missing in missing_conditions(student_modality):
@@ -122,7 +146,9 @@ def pick_students(reg: Registry) -> list[str]:
     for name, s in reg.students.items():
         if not s.distils:
             continue
-        acc = float(np.mean([read_json(reg.metrics(Run("student", name, seed)))["valid"]["acc7"] for seed in reg.seeds]))
+        acc = float(
+            np.mean([read_json(reg.metrics(Run("student", name, seed)))["valid"]["acc7"] for seed in reg.seeds])
+        )
         if acc > best_acc:
             best, best_acc = name, acc
     return plain + ([best] if best else [])
@@ -136,8 +162,17 @@ def student_rows(reg: Registry, names: list[str]) -> list[dict[str, Any]]:
         for seed in reg.seeds:
             t = read_json(reg.metrics(Run("student", name, seed)))["test"]
             for missing, fill in conds:
-                rows.append({"network": "Student", "name": name, "seed": seed, "missing": condition_name(missing),
-                             "fill": fill, "acc": 100 * t["acc7"], "f1": 100 * t["f1_weighted"]})
+                rows.append(
+                    {
+                        "network": "Student",
+                        "name": name,
+                        "seed": seed,
+                        "missing": condition_name(missing),
+                        "fill": fill,
+                        "acc": 100 * t["acc7"],
+                        "f1": 100 * t["f1_weighted"],
+                    }
+                )
     return rows
 
 
@@ -153,8 +188,9 @@ def robustness_runs(reg: Registry, progress: bool = True) -> pd.DataFrame:
     rows = []
     for run in reg.runs("teacher"):
         model = load_model(reg.checkpoint(run), device)
-        rows += teacher_rows(run.name, run.seed, model, splits["test"], means, reg.params["student_modality"],
-                             batch_size, device)
+        rows += teacher_rows(
+            run.name, run.seed, model, splits["test"], means, reg.params["student_modality"], batch_size, device
+        )
         if progress:
             log.info("robustness: evaluated %s", run.id)
     rows += student_rows(reg, pick_students(reg))
@@ -163,13 +199,19 @@ def robustness_runs(reg: Registry, progress: bool = True) -> pd.DataFrame:
 
 def summarize(runs: pd.DataFrame, reg: Registry) -> pd.DataFrame:
     """Mean and std over seeds per (network, name, missing, fill), with a description per model."""
+
     def sd(v: pd.Series) -> float:
         return float(v.std(ddof=1)) if len(v) > 1 else math.nan
 
     keys = ["network", "name", "missing", "fill"]
     g = runs.groupby(keys, sort=False)
-    out = g.agg(n_seeds=("seed", "nunique"), acc_mean=("acc", "mean"), acc_std=("acc", sd),
-                f1_mean=("f1", "mean"), f1_std=("f1", sd)).reset_index()
+    out = g.agg(
+        n_seeds=("seed", "nunique"),
+        acc_mean=("acc", "mean"),
+        acc_std=("acc", sd),
+        f1_mean=("f1", "mean"),
+        f1_std=("f1", sd),
+    ).reset_index()
     out.insert(2, "description", [describe(reg, r.network, r.name) for r in out.itertuples()])
     return out
 
@@ -189,8 +231,9 @@ def _pm(mean: float, std: float) -> str:
 
 def to_markdown(summary: pd.DataFrame, student_modality: str, source: str) -> str:
     """Two wide tables (accuracy, weighted F1): one row per model, one column per condition."""
-    conds = [(ALL_PRESENT, "zero")] + [(condition_name(m), f) for m in missing_conditions(student_modality)
-                                       for f in FILLS]
+    conds = [(ALL_PRESENT, "zero")] + [
+        (condition_name(m), f) for m in missing_conditions(student_modality) for f in FILLS
+    ]
     header = ["all present"] + [f"{m} missing ({'zeros' if f == 'zero' else 'train mean'})" for m, f in conds[1:]]
     lines = [
         f"# Missing-modality robustness — data: `{source}`",
@@ -202,13 +245,14 @@ def to_markdown(summary: pd.DataFrame, student_modality: str, source: str) -> st
     ]
     models = summary[["network", "name", "description"]].drop_duplicates()
     for metric, title in (("acc", "Accuracy (%)"), ("f1", "Weighted F1 (%)")):
-        lines += ["", f"## {title}", "", "| Network | " + " | ".join(header) + " |",
-                  "|---|" + "---|" * len(header)]
+        lines += ["", f"## {title}", "", "| Network | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
         for mdl in models.itertuples():
             sel = summary[(summary.network == mdl.network) & (summary.name == mdl.name)]
             cells = []
             for missing, fill in conds:
                 r = sel[(sel.missing == missing) & (sel.fill == fill)]
-                cells.append("–" if r.empty else _pm(float(r[f"{metric}_mean"].iloc[0]), float(r[f"{metric}_std"].iloc[0])))
+                cells.append(
+                    "–" if r.empty else _pm(float(r[f"{metric}_mean"].iloc[0]), float(r[f"{metric}_std"].iloc[0]))
+                )
             lines.append(f"| {mdl.description} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

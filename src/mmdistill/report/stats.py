@@ -65,8 +65,9 @@ class PairedResult:
         return bool(self.ci_low > 0 or self.ci_high < 0)
 
 
-def paired_test(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE,
-                rng: np.random.Generator | None = None) -> PairedResult:
+def paired_test(
+    a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE, rng: np.random.Generator | None = None
+) -> PairedResult:
     """Paired comparison of ``a`` against ``b`` (same length, element k of both paired).
 
     ``rng`` is used only above :data:`MAX_EXACT_PAIRS` pairs (Monte-Carlo sign flips);
@@ -118,8 +119,7 @@ def baselines(reg: Registry) -> dict[str, str]:
     by_conf = {}
     for s in nokd:
         by_conf.setdefault(s.configuration, s.name)
-    return {name: by_conf.get(s.configuration, nokd[0].name)
-            for name, s in reg.students.items() if s.distils}
+    return {name: by_conf.get(s.configuration, nokd[0].name) for name, s in reg.students.items() if s.distils}
 
 
 def stat_columns(metric: str) -> list[str]:
@@ -157,8 +157,10 @@ def add_paired_stats(table: pd.DataFrame, reg: Registry, runs: pd.DataFrame) -> 
     keyed = diffs.set_index("name")
     out = table.copy()
     for col in diffs.columns.drop("name"):
-        out[col] = [keyed.at[n, col] if s and n in keyed.index else (np.nan if col != "baseline" else "")
-                    for n, s in zip(table.name, is_student)]
+        out[col] = [
+            keyed.at[n, col] if s and n in keyed.index else (np.nan if col != "baseline" else "")
+            for n, s in zip(table.name, is_student)
+        ]
     return out
 
 

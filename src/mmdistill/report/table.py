@@ -17,8 +17,7 @@ import pandas as pd
 
 from mmdistill.io import read_json
 from mmdistill.registry import Registry
-from mmdistill.report.paper import (GROUP_TITLES, LEVEL_TEXT, PAPER_TEACHERS, method_text,
-                                    paper_student)
+from mmdistill.report.paper import GROUP_TITLES, LEVEL_TEXT, PAPER_TEACHERS, method_text, paper_student
 from mmdistill.report.stats import PAIRED_NOTE, format_difference
 
 CONFIG_ORDER = ("complete", "video", "language", "audio", "language_audio")
@@ -33,13 +32,23 @@ def collect_runs(reg: Registry) -> pd.DataFrame:
             raise FileNotFoundError(f"{run.id}: metrics missing at {path}; train the run first")
         m = read_json(path)
         t = m["test"]
-        rows.append({
-            "role": run.role, "name": run.name, "seed": run.seed,
-            "acc": 100 * t["acc7"], "f1": 100 * t["f1_weighted"], "f1_macro": 100 * t["f1_macro"],
-            "valid_acc": 100 * m["valid"]["acc7"],
-            "mae": t["mae"], "pearson": t["pearson"], "parameters": m["parameters"],
-            "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"], "train_seconds": m["train_seconds"],
-        })
+        rows.append(
+            {
+                "role": run.role,
+                "name": run.name,
+                "seed": run.seed,
+                "acc": 100 * t["acc7"],
+                "f1": 100 * t["f1_weighted"],
+                "f1_macro": 100 * t["f1_macro"],
+                "valid_acc": 100 * m["valid"]["acc7"],
+                "mae": t["mae"],
+                "pearson": t["pearson"],
+                "parameters": m["parameters"],
+                "epochs_run": m["epochs_run"],
+                "best_epoch": m["best_epoch"],
+                "train_seconds": m["train_seconds"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -49,8 +58,9 @@ def _stats(values: pd.Series) -> tuple[float, float]:
 
 
 def table1(reg: Registry, runs: pd.DataFrame, profile: dict[str, Any]) -> pd.DataFrame:
-    def row(role: str, name: str, group: str, description: str, paper: tuple[float, float] | None,
-            extra: dict[str, Any]) -> dict[str, Any]:
+    def row(
+        role: str, name: str, group: str, description: str, paper: tuple[float, float] | None, extra: dict[str, Any]
+    ) -> dict[str, Any]:
         sel = runs[(runs.role == role) & (runs.name == name)]
         acc, acc_sd = _stats(sel.acc)
         f1, f1_sd = _stats(sel.f1)
@@ -58,10 +68,19 @@ def table1(reg: Registry, runs: pd.DataFrame, profile: dict[str, Any]) -> pd.Dat
         arch = profile["architectures"][profile["rows"][f"{role}s/{name}"]]
         lat = arch["latency"]
         out = {
-            "group": group, "network": role.capitalize(), "name": name, "description": description,
-            **extra, "n_seeds": len(sel),
-            "acc_mean": acc, "acc_std": acc_sd, "f1_mean": f1, "f1_std": f1_sd, "f1_macro_mean": f1m,
-            "paper_acc": paper[0] if paper else math.nan, "paper_f1": paper[1] if paper else math.nan,
+            "group": group,
+            "network": role.capitalize(),
+            "name": name,
+            "description": description,
+            **extra,
+            "n_seeds": len(sel),
+            "acc_mean": acc,
+            "acc_std": acc_sd,
+            "f1_mean": f1,
+            "f1_std": f1_sd,
+            "f1_macro_mean": f1m,
+            "paper_acc": paper[0] if paper else math.nan,
+            "paper_f1": paper[1] if paper else math.nan,
             "parameters": arch["parameters"],
         }
         for bs, v in lat.items():
@@ -71,8 +90,16 @@ def table1(reg: Registry, runs: pd.DataFrame, profile: dict[str, Any]) -> pd.Dat
     out = []
     for name, s in reg.students.items():
         if not s.distils:
-            out.append(row("student", name, "", f"Without KD ({s.configuration} student)", paper_student(
-                s.configuration, s.method, dict(s.options), s.level), _student_extra(s)))
+            out.append(
+                row(
+                    "student",
+                    name,
+                    "",
+                    f"Without KD ({s.configuration} student)",
+                    paper_student(s.configuration, s.method, dict(s.options), s.level),
+                    _student_extra(s),
+                )
+            )
     for conf in CONFIG_ORDER:
         members = [s for s in reg.students.values() if s.distils and s.configuration == conf]
         if not members:
@@ -80,28 +107,51 @@ def table1(reg: Registry, runs: pd.DataFrame, profile: dict[str, Any]) -> pd.Dat
         group = GROUP_TITLES[conf]
         for tname in dict.fromkeys(s.teacher for s in members):
             t = reg.teachers[tname]
-            out.append(row("teacher", tname, group, f"Teacher '{tname}' (branches {'+'.join(t.branches)})",
-                           PAPER_TEACHERS.get(tuple(t.branches)),
-                           {"configuration": "", "teacher": "", "method": "", "level": ""}))
+            out.append(
+                row(
+                    "teacher",
+                    tname,
+                    group,
+                    f"Teacher '{tname}' (branches {'+'.join(t.branches)})",
+                    PAPER_TEACHERS.get(tuple(t.branches)),
+                    {"configuration": "", "teacher": "", "method": "", "level": ""},
+                )
+            )
             for s in (m for m in members if m.teacher == tname):
                 desc = student_description(s)
-                out.append(row("student", s.name, group, desc,
-                               paper_student(s.configuration, s.method, dict(s.options), s.level),
-                               _student_extra(s)))
+                out.append(
+                    row(
+                        "student",
+                        s.name,
+                        group,
+                        desc,
+                        paper_student(s.configuration, s.method, dict(s.options), s.level),
+                        _student_extra(s),
+                    )
+                )
     used = {r["name"] for r in out if r["network"] == "Teacher"}
     for tname, t in reg.teachers.items():  # teachers no student distils from
         if tname not in used:
-            out.append(row("teacher", tname, "Teachers without a student", f"Teacher '{tname}' (branches {'+'.join(t.branches)})",
-                           PAPER_TEACHERS.get(tuple(t.branches)),
-                           {"configuration": "", "teacher": "", "method": "", "level": ""}))
+            out.append(
+                row(
+                    "teacher",
+                    tname,
+                    "Teachers without a student",
+                    f"Teacher '{tname}' (branches {'+'.join(t.branches)})",
+                    PAPER_TEACHERS.get(tuple(t.branches)),
+                    {"configuration": "", "teacher": "", "method": "", "level": ""},
+                )
+            )
     return pd.DataFrame(out)
 
 
 # Methods beyond paper 002's Table 1 (no paper value): how their rows are described.
 MSD_WEIGHTS = {"population": "population", "instance": "instance-wise", "meta": "meta-learned", "uniform": "uniform"}
 EXTENSIONS = {
-    "msd": lambda o: f"MSD ({MSD_WEIGHTS.get(o.get('weighting', 'population'), o.get('weighting'))} "
-                     f"modality weights; beyond the paper)",
+    "msd": lambda o: (
+        f"MSD ({MSD_WEIGHTS.get(o.get('weighting', 'population'), o.get('weighting'))} "
+        f"modality weights; beyond the paper)"
+    ),
     "distillvlm": lambda o: "DistillVLM (attention MSE, token InfoNCE, logit KD; beyond the paper)",
 }
 
@@ -134,10 +184,13 @@ def cost_ratios(table: pd.DataFrame, reg: Registry, runs: pd.DataFrame) -> dict[
     best = students.assign(valid_acc=students.name.map(valid)).sort_values("valid_acc", ascending=False).iloc[0]
     teacher = teachers.iloc[0]
     return {
-        "best_student": best["name"], "teacher": teacher["name"],
-        "student_parameters": int(best.parameters), "teacher_parameters": int(teacher.parameters),
+        "best_student": best["name"],
+        "teacher": teacher["name"],
+        "student_parameters": int(best.parameters),
+        "teacher_parameters": int(teacher.parameters),
         "parameter_ratio": float(teacher.parameters / best.parameters),
-        "student_latency_ms": float(best.latency_b1_ms), "teacher_latency_ms": float(teacher.latency_b1_ms),
+        "student_latency_ms": float(best.latency_b1_ms),
+        "teacher_latency_ms": float(teacher.latency_b1_ms),
         "latency_reduction": float(1 - best.latency_b1_ms / teacher.latency_b1_ms),
     }
 
@@ -161,8 +214,8 @@ def to_markdown(table: pd.DataFrame, ratios: dict[str, Any] | None, profile: dic
         "the paper's values (CMU-MOSEI unaligned) beside ours. Latency: median inference time per "
         f"forward pass on {profile['device']} with {profile['threads']} thread(s).",
         "",
-        "| Network | Description | Seeds | Accuracy (%) | Paper acc. | F1 (%) | Paper F1 | Parameters | Latency b1 (ms) |"
-        + (" Δ acc. vs no KD | Δ F1 vs no KD |" if paired else ""),
+        "| Network | Description | Seeds | Accuracy (%) | Paper acc. | F1 (%) | Paper F1 | Parameters "
+        "| Latency b1 (ms) |" + (" Δ acc. vs no KD | Δ F1 vs no KD |" if paired else ""),
         "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if paired else ""),
     ]
     group = None
@@ -172,7 +225,8 @@ def to_markdown(table: pd.DataFrame, ratios: dict[str, Any] | None, profile: dic
         group = r.group
         lines.append(
             f"| {r.network} | {r.description} | {r.n_seeds} | {_pm(r.acc_mean, r.acc_std)} | {_num(r.paper_acc)} "
-            f"| {_pm(r.f1_mean, r.f1_std)} | {_num(r.paper_f1)} | {r.parameters:,} | {_num(getattr(r, 'latency_b1_ms', math.nan), '{:.2f}')} |"
+            f"| {_pm(r.f1_mean, r.f1_std)} | {_num(r.paper_f1)} | {r.parameters:,} "
+            f"| {_num(getattr(r, 'latency_b1_ms', math.nan), '{:.2f}')} |"
             + (f" {format_difference(r, 'acc')} | {format_difference(r, 'f1')} |" if paired else "")
         )
     if paired:
@@ -180,7 +234,8 @@ def to_markdown(table: pd.DataFrame, ratios: dict[str, Any] | None, profile: dic
     if ratios:
         lines += [
             "",
-            f"Best distilled student (mean validation accuracy) `{ratios['best_student']}`: {ratios['student_parameters']:,} parameters vs "
+            f"Best distilled student (mean validation accuracy) `{ratios['best_student']}`: "
+            f"{ratios['student_parameters']:,} parameters vs "
             f"{ratios['teacher_parameters']:,} for the complete teacher `{ratios['teacher']}` "
             f"({ratios['parameter_ratio']:.2f}x fewer; paper: 2.5x), batch-1 latency "
             f"{ratios['student_latency_ms']:.2f} ms vs {ratios['teacher_latency_ms']:.2f} ms "

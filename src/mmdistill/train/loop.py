@@ -59,7 +59,7 @@ class TrainConfig:
     teacher_cache_mb: float = 1024.0  # cache the teacher's distilled internals when they fit
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         return cls(**d)
 
 
@@ -119,8 +119,16 @@ class TeacherCache:
     transformers; :attr:`has_internals` tells which.
     """
 
-    def __init__(self, teacher: nn.Module, split: SplitData, batch_size: int, device: torch.device,
-                 views: dict[str, tuple[str, ...]], internals: Request = NOTHING, budget_mb: float = 0.0):
+    def __init__(
+        self,
+        teacher: nn.Module,
+        split: SplitData,
+        batch_size: int,
+        device: torch.device,
+        views: dict[str, tuple[str, ...]],
+        internals: Request = NOTHING,
+        budget_mb: float = 0.0,
+    ):
         names = ["main"] + list(views)
         keep = {"main": tuple(split.inputs), **views}
         parts: dict[str, tuple[list, list]] = {n: ([], []) for n in names}
@@ -134,8 +142,10 @@ class TeacherCache:
                 inputs = b.inputs
                 for n in names:
                     with_inner = n == "main" and want_inner
-                    out = teacher(mask_inputs(inputs, keep[n]),
-                                  replace(internals, internals_only=False) if with_inner else NOTHING)
+                    out = teacher(
+                        mask_inputs(inputs, keep[n]),
+                        replace(internals, internals_only=False) if with_inner else NOTHING,
+                    )
                     parts[n][0].append(out.logits)
                     parts[n][1].append(out.penultimate)
                     if with_inner:
@@ -153,8 +163,12 @@ class TeacherCache:
     def _fits(out: ModelOutput, batch: int, n: int, budget_mb: float) -> bool:
         need_mb = _internal_bytes(out) / batch * n / 1e6
         fits = need_mb <= budget_mb
-        log.info("teacher internals of the distilled transformers: %.0f MB for the split, teacher_cache_mb=%g: %s",
-                 need_mb, budget_mb, "cached once" if fits else "computed per step")
+        log.info(
+            "teacher internals of the distilled transformers: %.0f MB for the split, teacher_cache_mb=%g: %s",
+            need_mb,
+            budget_mb,
+            "cached once" if fits else "computed per step",
+        )
         return fits
 
     @property
@@ -203,8 +217,15 @@ def _internal_bytes(out: ModelOutput) -> int:
 class Objective:
     """Computes the training loss of one batch: CE alone or eq. 1."""
 
-    def __init__(self, model: nn.Module, kd: Distillation | None, train_split: SplitData,
-                 batch_size: int, device: torch.device, teacher_cache_mb: float = 0.0):
+    def __init__(
+        self,
+        model: nn.Module,
+        kd: Distillation | None,
+        train_split: SplitData,
+        batch_size: int,
+        device: torch.device,
+        teacher_cache_mb: float = 0.0,
+    ):
         self.model = model
         self.kd = kd
         self.cache = None
@@ -216,8 +237,15 @@ class Objective:
             # internals the loss reads come from a once-per-data-set cache; otherwise, per
             # step, the teacher runs only the transformers the loss reads
             self.teacher_request = replace(kd.loss.teacher_request(), internals_only=True)
-            self.cache = TeacherCache(kd.teacher, train_split, batch_size, device, kd.loss.teacher_views(),
-                                      internals=self.teacher_request, budget_mb=teacher_cache_mb)
+            self.cache = TeacherCache(
+                kd.teacher,
+                train_split,
+                batch_size,
+                device,
+                kd.loss.teacher_views(),
+                internals=self.teacher_request,
+                budget_mb=teacher_cache_mb,
+            )
 
     def __call__(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.model(batch.inputs, self.student_request)
@@ -285,8 +313,15 @@ def train(
     gen = torch.Generator().manual_seed(seed)
     n_neg = kd.loss.needs_negatives if kd is not None else 0
 
-    state = {"epoch": 0, "best_loss": math.inf, "best_epoch": 0, "bad_epochs": 0,
-             "history": [], "best_state": None, "train_seconds": 0.0}
+    state = {
+        "epoch": 0,
+        "best_loss": math.inf,
+        "best_epoch": 0,
+        "bad_epochs": 0,
+        "history": [],
+        "best_state": None,
+        "train_seconds": 0.0,
+    }
     resumed_from = 0
     if resume_path.exists():
         ckpt = torch.load(resume_path, map_location=device, weights_only=False)
@@ -317,8 +352,12 @@ def train(
         sums: dict[str, float] = {}
         bar = tqdm(
             train_split.batches(cfg.batch_size, shuffle=True, generator=gen, n_negatives=n_neg),
-            total=n_steps, desc=f"{run_label} epoch {epoch}/{cfg.epochs}", leave=False,
-            disable=not progress, file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0,
+            total=n_steps,
+            desc=f"{run_label} epoch {epoch}/{cfg.epochs}",
+            leave=False,
+            disable=not progress,
+            file=sys.stderr,
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,
         )
         first_bad = torch.zeros((), dtype=torch.long, device=device)  # first non-finite step, 0 = none
         for step, batch in enumerate(bar, start=1):
@@ -349,26 +388,48 @@ def train(
         scheduler.step(valid["loss"])
         seconds = time.perf_counter() - t0
         state["train_seconds"] += seconds
-        row = {"epoch": epoch, **train_means, "valid_loss": valid["loss"], "valid_acc7": valid["acc7"],
-               "valid_f1_weighted": valid["f1_weighted"], "lr": optimizer.param_groups[0]["lr"],
-               "seconds": seconds}
+        row = {
+            "epoch": epoch,
+            **train_means,
+            "valid_loss": valid["loss"],
+            "valid_acc7": valid["acc7"],
+            "valid_f1_weighted": valid["f1_weighted"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": seconds,
+        }
         if kd is not None:
             row.update({f"kd_{k}": v for k, v in kd.loss.epoch_log().items()})
         state["history"].append(row)
         if valid["loss"] < state["best_loss"]:
-            state.update(best_loss=valid["loss"], best_epoch=epoch, bad_epochs=0,
-                         best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+            state.update(
+                best_loss=valid["loss"],
+                best_epoch=epoch,
+                bad_epochs=0,
+                best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            )
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
-        log.info("%s epoch %d: train loss %.4f, valid loss %.4f acc7 %.4f f1 %.4f (%.1fs)", run_label, epoch,
-                 train_means["train_loss"], valid["loss"], valid["acc7"], valid["f1_weighted"], seconds)
+        log.info(
+            "%s epoch %d: train loss %.4f, valid loss %.4f acc7 %.4f f1 %.4f (%.1fs)",
+            run_label,
+            epoch,
+            train_means["train_loss"],
+            valid["loss"],
+            valid["acc7"],
+            valid["f1_weighted"],
+            seconds,
+        )
         save_resume(resume_path, config_hash, model, optimizer, scheduler, kd, gen, state, device)
 
     model.load_state_dict(state["best_state"])
     return TrainResult(
-        history=state["history"], best_epoch=state["best_epoch"], best_valid_loss=state["best_loss"],
-        epochs_run=state["epoch"], train_seconds=state["train_seconds"], resumed_from_epoch=resumed_from,
+        history=state["history"],
+        best_epoch=state["best_epoch"],
+        best_valid_loss=state["best_loss"],
+        epochs_run=state["epoch"],
+        train_seconds=state["train_seconds"],
+        resumed_from_epoch=resumed_from,
     )
 
 
