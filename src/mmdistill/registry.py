@@ -128,12 +128,14 @@ class Registry:
             raise ParamsError(f"model.n_heads: {model['n_heads']} does not divide model.d_model {model['d_model']}")
         # Any student_modality works with any lengths: a proxy longer than the student's input
         # is up-sampled by a transposed convolution (mmdistill.models.student.ResampleConv).
+        self._check_method_defaults()
         for name, s in self.students.items():
             key = f"students.{name}"
             conf = CONFIGURATIONS[s.configuration]
             if s.method == "none":
                 if s.teacher is not None or s.level is not None:
                     raise ParamsError(f"{key}: method 'none' takes teacher: null and level: null")
+                self._check_options(s)
                 continue
             if s.teacher is None:
                 raise ParamsError(f"{key}.teacher: method '{s.method}' needs a teacher")
@@ -152,6 +154,37 @@ class Registry:
                         f"{key}.teacher: teacher '{s.teacher}' (branches {list(self.teachers[s.teacher].branches)}) "
                         f"lacks the transformers {missing} that configuration '{s.configuration}' distils"
                     )
+            self._check_options(s)
+
+    def _check_method_defaults(self) -> None:
+        """Every entry of ``methods`` names a method, and its options are ones the method takes."""
+        from mmdistill.distill import LOSSES
+        from mmdistill.distill.base import option_problems
+
+        for method, entry in self.params["methods"].items():
+            if method != "none" and method not in LOSSES:
+                raise ParamsError(f"methods.{method}: no such distillation method (known: {['none', *sorted(LOSSES)]})")
+            problems = option_problems(method, entry["options"], None, None)
+            if problems:
+                raise ParamsError(_listing(f"methods.{method}.options", problems))
+
+    def _check_options(self, s: StudentSpec) -> None:
+        """The student's options (its own over the method's defaults), checked against what the
+        method declares, including the attention-map sizes its level and lengths give."""
+        from mmdistill.distill.base import map_shapes, option_problems
+        from mmdistill.models.configurations import CONFIGURATIONS
+
+        pairs = CONFIGURATIONS[s.configuration].distilled_pairs if s.level in ("attention", "post_attention") else ()
+        shapes = map_shapes(pairs, dict(self.params["data"]["lengths"]), self.params["student_modality"], s.proxy)
+        problems = option_problems(s.method, dict(s.options), s.level, shapes)
+        if problems:
+            own = self.params["students"][s.name].get("options", {})
+            where = [
+                f"students.{s.name}.options" if p.split(":")[0] in own else f"methods.{s.method}.options"
+                for p in problems
+            ]
+            lines = [f"  {w}.{p}" for w, p in zip(where, problems)]
+            raise ParamsError(f"students.{s.name} (method '{s.method}', level '{s.level}'):\n" + "\n".join(lines))
 
     def runs(self, role: str | None = None) -> Iterator[Run]:
         if role in (None, "teacher"):
@@ -308,8 +341,29 @@ def validate_schema(params: Any) -> None:
         lines = []
         for e in errors[:10]:
             where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
-            lines.append(f"  {where}: {e.message}")
+            hint = (
+                string_number_hint(e.instance) if e.validator == "type" and "number" in str(e.validator_value) else ""
+            )
+            lines.append(f"  {where}: {e.message}{hint}")
         raise ParamsError("params.yaml is invalid:\n" + "\n".join(lines))
+
+
+def _listing(prefix: str, problems: list[str]) -> str:
+    if len(problems) == 1:
+        return f"{prefix}.{problems[0]}"
+    return f"{prefix}:\n" + "\n".join(f"  {p}" for p in problems)
+
+
+def string_number_hint(value: Any) -> str:
+    """A hint for a number YAML read as a string (PyYAML reads ``1e-3`` as text: YAML 1.1
+    floats need a decimal point and a signed exponent), or ''."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return f"; YAML reads {value} as a string: write a decimal point and a signed exponent, e.g. 1.0e-3"
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmdistill.data.dataset import Batch
-from mmdistill.distill.base import DistillContext, DistillLoss, register
+from mmdistill.distill.base import DistillContext, DistillLoss, Option, register
 from mmdistill.models.outputs import NOTHING, ModelOutput, Request
 
 log = logging.getLogger(__name__)
@@ -245,6 +245,34 @@ class CRD(DistillLoss):
     """
 
     name = "crd"
+    OPTIONS = {
+        "feat_dim": Option(int, 128, minimum=1),
+        "nce_k": Option(int, 16384, minimum=1),
+        "nce_t": Option(float, 0.07, above=0),
+        "momentum": Option(float, 0.5, minimum=0, below=1),
+        "row_bins": Option(int, 4, minimum=1, nullable=True),
+        "max_bank_mb": Option(float, 2048, above=0),
+    }
+
+    @classmethod
+    def check_options(cls, options, level, shapes):
+        if level != "attention":
+            return []
+        problems = []
+        bins = options["row_bins"]
+        few = {p: min(s[0], t[0]) for p, (s, t) in shapes.items() if bins is not None and bins > min(s[0], t[0])}
+        if few:
+            problems.append(
+                f"row_bins: {bins} bins of query rows, but the maps of {few} (pair: fewest rows) have fewer rows; "
+                "lower row_bins or lengthen data.lengths"
+            )
+        flat = [p for p, (s, t) in shapes.items() if s[1] == 1 or t[1] == 1]
+        if flat:
+            problems.append(
+                f"row_bins: the attention maps of {flat} have one key per row (every row is 1), so attention-level "
+                "CRD compares constants; lengthen data.lengths"
+            )
+        return problems
 
     def __init__(
         self,

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmdistill.data.dataset import Batch
-from mmdistill.distill.base import DistillContext, DistillLoss, register
+from mmdistill.distill.base import DistillContext, DistillLoss, Option, register
 from mmdistill.models.outputs import ModelOutput, Request
 
 
@@ -134,6 +134,15 @@ class DistillVLM(DistillLoss):
 
     name = "distillvlm"
     levels = ("attention",)
+    OPTIONS = {
+        "queue_size": Option(int, 4096, minimum=1),
+        "tokens": Option(int, 256, minimum=1, nullable=True),
+        "temperature": Option(float, 0.07, above=0),
+        "kd_temperature": Option(float, 4.0, above=0),
+        "attn_weight": Option(float, 1.0, minimum=0),
+        "hidden_weight": Option(float, 1.0, minimum=0),
+        "logit_weight": Option(float, 1.0, minimum=0),
+    }
 
     def __init__(
         self,

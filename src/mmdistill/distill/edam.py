@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmdistill.data.dataset import Batch
-from mmdistill.distill.base import DistillContext, DistillLoss, register
+from mmdistill.distill.base import DistillContext, DistillLoss, Option, register
 from mmdistill.models.outputs import ModelOutput, Request
 
 DIRECTIONS = ("teacher_target", "paper_literal")
@@ -221,6 +221,30 @@ class EDAM(DistillLoss):
 
     name = "edam"
     levels = ("attention",)
+    OPTIONS = {
+        "temperature": Option(float, 1.0, above=0),
+        "direction": Option(str, "teacher_target", choices=DIRECTIONS),
+        "variant": Option(str, "S", choices=VARIANTS),
+        "learn_upsampler": Option(bool, False),
+    }
+
+    @classmethod
+    def check_options(cls, options, level, shapes):
+        problems = []
+        if options["learn_upsampler"] and options["variant"] != "T":
+            problems.append("learn_upsampler: applies to variant 'T' only")
+        # a map with one key per row is all ones: the loss is a constant and trains nothing
+        flat = [
+            f"'{p}' (student {s[0]}x{s[1]}, teacher {t[0]}x{t[1]})"
+            for p, (s, t) in shapes.items()
+            if s[1] == 1 or (options["variant"] == "S" and t[1] == 1)
+        ]
+        if flat:
+            problems.append(
+                f"variant: the attention maps of {', '.join(flat)} have one key per row, so every row is 1 and "
+                "EDAM would train exactly like no KD; lengthen data.lengths"
+            )
+        return problems
 
     def __init__(
         self,

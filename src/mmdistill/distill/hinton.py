@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from mmdistill.data.dataset import Batch
-from mmdistill.distill.base import DistillContext, DistillLoss, register
+from mmdistill.distill.base import DistillContext, DistillLoss, Option, register
 from mmdistill.models.outputs import ModelOutput
 
 
@@ -31,6 +31,7 @@ class Hinton(DistillLoss):
 
     name = "hinton"
     levels = ("final",)
+    OPTIONS = {"temperature": Option(float, 4.0, above=0)}
 
     def __init__(self, ctx: DistillContext, *, temperature: float = 4.0):
         super().__init__(ctx)

@@ -77,7 +77,7 @@ from torch import nn
 from torch.func import functional_call
 
 from mmdistill.data.dataset import Batch, SplitData, mask_inputs
-from mmdistill.distill.base import DistillContext, DistillLoss, register
+from mmdistill.distill.base import DistillContext, DistillLoss, Option, register
 from mmdistill.modalities import MODALITIES
 from mmdistill.models.outputs import NOTHING, ModelOutput
 from mmdistill.models.transformer import explicit_attention
@@ -158,6 +158,14 @@ class MSD(DistillLoss):
 
     name = "msd"
     levels = ("final",)
+
+    OPTIONS = {
+        "temperature": Option(float, 4.0, above=0),
+        "weighting": Option(str, "population", choices=WEIGHTINGS),
+        "modalities": Option(list, list(MODALITIES), choices=MODALITIES),
+        "meta_every": Option(int, 1, minimum=1),
+        "meta_momentum": Option(float, 0.9, minimum=0, below=1),
+    }
 
     def __init__(
         self,
