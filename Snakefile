@@ -2,9 +2,12 @@
 #   snakemake --cores 4 results/table1.csv
 # Every rule runs one step of the package CLI (`python -m mmdistill <step>`); the experiment
 # registry (mmdistill.registry) names every run and owns every output path.
-from snakemake.utils import min_version, validate
+from pathlib import Path
 
-from mmdistill.registry import Registry, Run
+from snakemake.utils import min_version
+
+from mmdistill.cli import SNAKEMAKE_CONFIG
+from mmdistill.registry import Registry, Run, load_params
 
 min_version("9.0")
 
@@ -16,8 +19,18 @@ configfile: "params.yaml"
 report: "workflow/report/workflow.rst"
 
 
-validate(config, "workflow/schemas/params.schema.yaml")
-REG = Registry(config)
+# `snakemake --configfile extra.yaml`: extra.yaml deep-merged over params.yaml, merged here the
+# way the CLI merges (same key order, so Table 1 keeps its row order), and an override that
+# would change nothing by mistake (`students: {}`) is refused. Registry() validates against
+# workflow/schemas/params.schema.yaml and checks every method's options, so `snakemake -n`
+# reports a bad parameter before any job runs.
+_overrides = [
+    f
+    for f in workflow.overwrite_configfiles
+    if Path(f).resolve() != Path("params.yaml").resolve()
+]
+PARAMS = load_params("params.yaml", _overrides)
+REG = Registry(PARAMS, source=" + ".join(["params.yaml", *map(str, _overrides)]))
 
 
 include: "workflow/rules/common.smk"

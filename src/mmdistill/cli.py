@@ -9,29 +9,47 @@ Steps:
     download   produce the raw data of data.source (generate it for `synthetic`)
     prepare    raw data -> one HDF5 file + JSON summary
     train      train one teacher or student run (--role, --name, --seed)
+    run-params what each student run uses (its parameters, its teacher checkpoint's checksum),
+               one file per run under results/run_params/ (DVC tracks each student by its file)
     profile    parameters and inference latency of every architecture
     report     Table 1 (CSV + Markdown, paired tests against the no-KD student) and figures
     robustness teachers with modalities missing (zeroed or mean-filled) beside the students
     bench      training-step and inference cost, side by side, and every row's training cost
                (results/bench.json, .md)
+
+Errors the user can fix (bad parameters, bad data, a failed download, a non-finite loss, a step
+run before the one it needs) print one message and exit with 2 (parameters, command line) or 1
+(everything else); ``--debug`` shows the traceback too.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 from mmdistill.allocator import keep_freed_memory
-from mmdistill.registry import ParamsError, Registry, Run
+from mmdistill.registry import MissingInputError, ParamsError, Registry, Run
 
 log = logging.getLogger("mmdistill")
 
+# Set by the Snakefile for its jobs: the configuration Snakemake built (params.yaml merged with
+# every --configfile), so that no rule's command names override files or absolute paths.
+SNAKEMAKE_CONFIG = "MMDISTILL_SNAKEMAKE_CONFIG"
+
 
 def _registry(args) -> Registry:
-    return Registry.from_file(args.params, overrides=args.override or [])
+    env = os.environ.get(SNAKEMAKE_CONFIG)
+    if env and args.params is None and not args.override:
+        given = json.loads(env)
+        source = " + ".join(given["sources"])
+        log.debug("parameters from Snakemake: %s", source)
+        return Registry(given["params"], source=source)
+    return Registry.from_file(args.params or "params.yaml", overrides=args.override or [])
 
 
 def cmd_validate(args) -> int:
@@ -58,6 +76,7 @@ def cmd_prepare(args) -> int:
     from mmdistill.data.acquire import prepare_dataset
 
     reg = _registry(args)
+    reg.require([(reg.raw_input(), "download")])
     summary = prepare_dataset(reg.params["data"], reg.raw_input(), reg.prepared(), reg.data_summary())
     log.info("prepared %s from %s: %s samples per split", reg.prepared(), reg.raw_input(), summary["n"])
     return 0
@@ -71,6 +90,8 @@ def cmd_train(args) -> int:
     reg.spec(run)  # unknown names fail here, naming the key
     if args.seed not in reg.seeds:
         raise ParamsError(f"seed {args.seed} is not in seeds {list(reg.seeds)}")
+    teacher = reg.teacher_run(run)
+    reg.require([(reg.prepared(), "prepare")] + ([(reg.checkpoint(teacher), reg.run_step(teacher))] if teacher else []))
     t0 = time.perf_counter()
     m = train_run(reg, run, progress=not args.quiet)
     log.info(
@@ -81,6 +102,18 @@ def cmd_train(args) -> int:
         m["epochs_run"],
         time.perf_counter() - t0,
     )
+    return 0
+
+
+def cmd_run_params(args) -> int:
+    from mmdistill.io import write_json
+
+    reg = _registry(args)
+    reg.require([(reg.checkpoint(r), reg.run_step(r)) for r in reg.runs("teacher")])
+    runs = list(reg.runs("student"))
+    for run in runs:
+        write_json(reg.run_params_file(run), reg.student_inputs(run))
+    log.info("wrote the inputs of %d student runs under %s", len(runs), reg.run_params_file(runs[0]).parents[2])
     return 0
 
 
@@ -95,12 +128,17 @@ def cmd_profile(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from mmdistill.io import read_json, write_text
+    from mmdistill.io import clean_temporaries, read_json, write_text
     from mmdistill.report.figures import make_figures
     from mmdistill.report.stats import add_paired_stats
     from mmdistill.report.table import collect_runs, cost_ratios, table1, to_markdown
 
     reg = _registry(args)
+    clean_temporaries(reg.figures_dir())  # left by a report killed while writing a figure
+    reg.require(
+        [(reg.prepared(), "prepare"), (reg.profile(), "profile")]
+        + [(p, reg.run_step(r)) for r in reg.runs() for p in (reg.metrics(r), reg.checkpoint(r))]
+    )
     profile = read_json(reg.profile())
     runs = collect_runs(reg)
     table = add_paired_stats(table1(reg, runs, profile), reg, runs)
@@ -121,6 +159,11 @@ def cmd_robustness(args) -> int:
     from mmdistill.report.robustness import robustness_runs, summarize, to_markdown
 
     reg = _registry(args)
+    reg.require(
+        [(reg.prepared(), "prepare")]
+        + [(reg.checkpoint(r), reg.run_step(r)) for r in reg.runs("teacher")]
+        + [(reg.metrics(r), reg.run_step(r)) for r in reg.runs("student")]
+    )
     torch.set_num_threads(reg.params["train"]["threads"])
     summary = summarize(robustness_runs(reg, progress=not args.quiet), reg)
     write_text(reg.robustness("csv"), summary.to_csv(index=False, float_format="%.4f"))
@@ -159,7 +202,11 @@ def cmd_bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmdistill", description=__doc__.split("\n")[0])
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+    common.add_argument(
+        "--params",
+        default=None,
+        help="parameter file (default: params.yaml; in a Snakemake job: the configuration Snakemake was given)",
+    )
     common.add_argument(
         "--override",
         action="append",
@@ -168,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--quiet", action="store_true", help="no progress bars")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error, not only its message")
     sub = p.add_subparsers(dest="step", required=True)
     sub.add_parser("validate", parents=[common], help="check the parameters").set_defaults(func=cmd_validate)
     sub.add_parser("download", parents=[common], help="acquire the raw data").set_defaults(func=cmd_download)
@@ -177,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--name", required=True)
     t.add_argument("--seed", type=int, required=True)
     t.set_defaults(func=cmd_train)
+    sub.add_parser(
+        "run-params", parents=[common], help="what each student run uses, one file per run (for DVC)"
+    ).set_defaults(func=cmd_run_params)
     sub.add_parser("profile", parents=[common], help="parameters and latency").set_defaults(func=cmd_profile)
     sub.add_parser("report", parents=[common], help="Table 1 and figures").set_defaults(func=cmd_report)
     sub.add_parser(
@@ -206,11 +257,24 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     keep_freed_memory()  # speed only: tensors land on pages already faulted in (see mmdistill.allocator)
+    known = _known_errors()
     try:
         return args.func(args)
-    except ParamsError as exc:
-        log.error("%s", exc)
-        return 2
+    except known as exc:
+        if args.debug:
+            raise
+        log.error("%s  [--debug shows the traceback]", exc)
+        return 2 if isinstance(exc, ParamsError) else 1
+
+
+def _known_errors() -> tuple[type[Exception], ...]:
+    """Failures with a message that says what to fix; anything else is a bug and shows its traceback."""
+    from mmdistill.data.dataset import DataError
+    from mmdistill.data.download import DownloadError
+    from mmdistill.io import CheckpointError
+    from mmdistill.train.loop import NonFiniteLossError
+
+    return (ParamsError, MissingInputError, DataError, DownloadError, NonFiniteLossError, CheckpointError)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from torch import nn
 
 from mmdistill.data.dataset import SplitData, load_split
 from mmdistill.distill.base import DistillContext, build_loss
-from mmdistill.io import atomic_path, write_json, write_text
+from mmdistill.io import atomic_path, load_checkpoint, write_json, write_text
 from mmdistill.models import build_student, build_teacher, count_parameters
 from mmdistill.models.config import ModelConfig
 from mmdistill.models.configurations import CONFIGURATIONS
@@ -57,7 +57,7 @@ def save_model(path, model: nn.Module, bp: dict[str, Any]) -> None:
 
 
 def load_model(path, device: torch.device | str = "cpu") -> nn.Module:
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    ckpt = load_checkpoint(path, map_location=device)
     model = build_from_blueprint(ckpt["blueprint"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval()

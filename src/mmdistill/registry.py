@@ -27,6 +27,10 @@ class ParamsError(ValueError):
     """params.yaml is invalid; the message names the offending key."""
 
 
+class MissingInputError(FileNotFoundError):
+    """A step's input is not there yet: the step that makes it has not run (or failed)."""
+
+
 @dataclass(frozen=True)
 class TeacherSpec:
     name: str
@@ -82,8 +86,9 @@ class Registry:
     Paths are relative to ``root`` (the project directory, where both pipelines run).
     """
 
-    def __init__(self, params: dict[str, Any], root: str | Path = "."):
-        validate_schema(params)
+    def __init__(self, params: dict[str, Any], root: str | Path = ".", source: str = "params.yaml"):
+        validate_schema(params, source)
+        params = apply_subset(params)
         self.params = params
         self.root = Path(root)
         self.seeds: tuple[int, ...] = tuple(params["seeds"])
@@ -94,12 +99,8 @@ class Registry:
     @classmethod
     def from_file(cls, path: str | Path = "params.yaml", overrides: list[str | Path] = ()) -> Registry:
         path = Path(path)
-        if not path.exists():
-            raise ParamsError(f"parameter file not found: {path}")
-        params = yaml.safe_load(path.read_text())
-        for extra in overrides:
-            params = deep_merge(params, yaml.safe_load(Path(extra).read_text()) or {})
-        return cls(params, root=path.parent)
+        params = load_params(path, overrides)
+        return cls(params, root=path.parent, source=" + ".join(str(p) for p in [path, *overrides]))
 
     # ------------------------------------------------------------------ experiments
     def _student(self, name: str, entry: dict[str, Any]) -> StudentSpec:
@@ -241,6 +242,18 @@ class Registry:
                 out["teacher"] = {"name": spec.teacher, "branches": list(self.teachers[spec.teacher].branches)}
         return out
 
+    def student_inputs(self, run: Run) -> dict[str, Any]:
+        """What a student run's result depends on besides code and data: its parameters and the
+        checksum of its teacher's checkpoint. DVC tracks each student run by this, written to
+        :meth:`run_params_file`, so that a change to one method's defaults or one teacher
+        reruns only the runs that use it."""
+        teacher = self.teacher_run(run)
+        checkpoint = None
+        if teacher is not None:
+            path = self.checkpoint(teacher)
+            checkpoint = {"path": str(path.relative_to(self.root)), "md5": file_md5(path)}
+        return {"params": self.run_params(run), "teacher_checkpoint": checkpoint}
+
     def architecture_params(self) -> dict[str, Any]:
         """Everything that determines the architectures (and so parameters and latency)."""
         p = self.params
@@ -295,6 +308,10 @@ class Registry:
     def curves(self, run: Run) -> Path:
         return self.run_dir(run) / "curves.csv"
 
+    def run_params_file(self, run: Run) -> Path:
+        """Where ``run-params`` writes :meth:`student_inputs` (a dependency of the run's DVC stage)."""
+        return self.root / "results" / "run_params" / f"{run.role}s" / run.name / f"seed{run.seed}.json"
+
     def log(self, run: Run) -> Path:
         return self.root / "logs" / f"{run.role}s" / run.name / f"seed{run.seed}.log"
 
@@ -314,6 +331,21 @@ class Registry:
         """The missing-modality robustness table (teachers with inputs missing, beside the students)."""
         return self.root / "results" / f"robustness.{ext}"
 
+    def require(self, inputs: list[tuple[Path, str]]) -> None:
+        """Raise :class:`MissingInputError` unless every path of ``(path, step that makes it)`` exists."""
+        missing = [(p, step) for p, step in inputs if not Path(p).exists()]
+        if missing:
+            shown = "\n".join(f"  {p}  (made by `python -m mmdistill {step}`)" for p, step in missing[:10])
+            more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise MissingInputError(
+                f"{len(missing)} input(s) of this step are missing:\n{shown}{more}\n"
+                "Run the steps in order: `snakemake` or `dvc repro` does."
+            )
+
+    def run_step(self, run: Run) -> str:
+        """The CLI step that trains ``run``."""
+        return f"train --role {run.role} --name {run.name} --seed {run.seed}"
+
     def targets(self) -> list[Path]:
         """Every final output of the study (what a plain `snakemake` builds)."""
         out = [
@@ -330,7 +362,87 @@ class Registry:
         return out
 
 
-def validate_schema(params: Any) -> None:
+def read_yaml(path: str | Path, what: str = "parameter file") -> dict[str, Any]:
+    """A YAML mapping from ``path``; a missing file, malformed YAML or a top level that is not a
+    mapping is a :class:`ParamsError` naming the file (and the line, for malformed YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{what} not found: {path}")
+    try:
+        with path.open() as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+    if data is None and what != "parameter file":
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_params(path: str | Path, overrides: list[str | Path] = ()) -> dict[str, Any]:
+    """params.yaml with the override files deep-merged over it in order (as `snakemake
+    --configfile` does); an override that would change nothing by mistake is refused."""
+    params = read_yaml(path)
+    for extra in overrides:
+        override = read_yaml(extra, "override file")
+        check_override(params, override, str(extra))
+        params = deep_merge(params, override)
+    return params
+
+
+def check_override(base: dict[str, Any], override: dict[str, Any], source: str, where: str = "") -> None:
+    """Refuse an empty mapping over a non-empty one (e.g. ``students: {}``): merged key by key
+    it keeps every entry, so the override would be silently ignored."""
+    for key, value in override.items():
+        path = f"{where}{key}"
+        old = base.get(key) if isinstance(base, dict) else None
+        if isinstance(value, dict) and isinstance(old, dict):
+            if not value and old:
+                raise ParamsError(
+                    f"{source}: '{path}: {{}}' changes nothing: an override file is merged key by key into "
+                    f"params.yaml, so an empty mapping keeps every entry of '{path}'. To run part of the study, "
+                    "name the rows under subset (subset: {students: [...]}; see docs/reliability.md)"
+                )
+            check_override(old, value, source, f"{path}.")
+
+
+def apply_subset(params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters restricted to ``subset`` (if any): the students and teachers it names.
+
+    ``subset.students`` alone keeps those rows and the teachers they distil from;
+    ``subset.teachers`` alone keeps those teachers, the students distilling from them and the
+    students without a teacher; both keep exactly what they name.
+    """
+    subset = params.get("subset")
+    if not subset:
+        return params
+    out = copy.deepcopy(params)
+    students, teachers = subset.get("students"), subset.get("teachers")
+    for section, names in (("students", students), ("teachers", teachers)):
+        unknown = [n for n in names or () if n not in params[section]]
+        if unknown:
+            raise ParamsError(f"subset.{section}: {unknown} not among {section} ({sorted(params[section])})")
+    if students is not None:
+        out["students"] = {k: v for k, v in params["students"].items() if k in students}
+    if teachers is not None:
+        out["teachers"] = {k: v for k, v in params["teachers"].items() if k in teachers}
+    if students is None:
+        out["students"] = {k: v for k, v in out["students"].items() if v.get("teacher") in (None, *out["teachers"])}
+    elif teachers is None:
+        used = {v.get("teacher") for v in out["students"].values()}
+        out["teachers"] = {k: v for k, v in params["teachers"].items() if k in used}
+    orphans = sorted(k for k, v in out["students"].items() if v.get("teacher") not in (None, *out["teachers"]))
+    if orphans:
+        raise ParamsError(f"subset: students {orphans} distil from teachers that subset.teachers leaves out")
+    if not out["students"]:
+        raise ParamsError("subset leaves no students")
+    if not out["teachers"]:
+        raise ParamsError("subset leaves no teachers (its students distil from none): name one under subset.teachers")
+    return out
+
+
+def validate_schema(params: Any, source: str = "params.yaml") -> None:
     """Validate against the JSON schema; the error names the key path."""
     import jsonschema
 
@@ -345,7 +457,7 @@ def validate_schema(params: Any) -> None:
                 string_number_hint(e.instance) if e.validator == "type" and "number" in str(e.validator_value) else ""
             )
             lines.append(f"  {where}: {e.message}{hint}")
-        raise ParamsError("params.yaml is invalid:\n" + "\n".join(lines))
+        raise ParamsError(f"{source} is invalid:\n" + "\n".join(lines))
 
 
 def _listing(prefix: str, problems: list[str]) -> str:
@@ -374,6 +486,14 @@ def deep_merge(base: dict, override: dict) -> dict:
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+def file_md5(path: str | Path) -> str:
+    h = hashlib.md5()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def params_hash(obj: Any) -> str:

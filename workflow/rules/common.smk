@@ -1,5 +1,6 @@
 # Shared helpers of the rules: how every rule calls the CLI with the same parameters.
-import shlex
+import json
+import os
 
 if workflow.config_settings.config:
     raise ValueError(
@@ -7,16 +8,16 @@ if workflow.config_settings.config:
         "and pass it with --configfile (it is deep-merged over params.yaml)"
     )
 
-# `snakemake --configfile extra.yaml` merges extra.yaml over params.yaml; the CLI repeats the
-# same merge, so the jobs see exactly the configuration the workflow was built from.
-_overrides = [
-    f
-    for f in workflow.overwrite_configfiles
-    if Path(f).resolve() != Path("params.yaml").resolve()
-]
-CLI = "python -m mmdistill {step} --params params.yaml " + " ".join(
-    f"--override {shlex.quote(str(f))}" for f in _overrides
+# `snakemake --configfile extra.yaml` merges extra.yaml over params.yaml. The jobs read the
+# merged configuration from the environment Snakemake hands them (a cluster job's Snakemake
+# parses this file again with the same --configfile), so they see exactly the configuration
+# the workflow was built from, and no command names an override file or an absolute path:
+# moving the project or adding an override changes no rule's code, and the per-run `params:`
+# alone decide what reruns.
+os.environ[SNAKEMAKE_CONFIG] = json.dumps(
+    {"sources": ["params.yaml", *map(str, _overrides)], "params": PARAMS}
 )
+CLI = "python -m mmdistill {step}"
 
 
 def cli(step):

@@ -121,6 +121,8 @@ def _check_split(d: object, where: str, split: str) -> dict[str, np.ndarray]:
         elif arr.shape[0] != n:
             raise DataError(f"{where}: '{key}' has {arr.shape[0]} samples, other modalities {n}")
         out[key] = arr.astype(np.float32, copy=False)
+    if n == 0:
+        raise DataError(f"{where} is empty (0 samples)")
     labels = d[LABEL_KEY]
     if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "fiu" or labels.size != n:
         raise DataError(f"{where}: '{LABEL_KEY}' must be {n} numbers (shape (N, 1, 1)), found {_describe(labels)}")

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from mmdistill.data.dataset import Batch, SplitData, mask_inputs
 from mmdistill.distill.base import DistillLoss
-from mmdistill.io import atomic_path
+from mmdistill.io import atomic_path, load_checkpoint
 from mmdistill.models.outputs import NOTHING, ModelOutput, Request
 from mmdistill.train.metrics import classification_metrics
 
@@ -324,7 +324,7 @@ def train(
     }
     resumed_from = 0
     if resume_path.exists():
-        ckpt = torch.load(resume_path, map_location=device, weights_only=False)
+        ckpt = load_checkpoint(resume_path, map_location=device)
         if ckpt.get("config_hash") == config_hash:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -370,10 +370,15 @@ def train(
             first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step, first_bad)
             if step % check_every == 0 or step == n_steps:
                 if (bad := int(first_bad)) > 0:
+                    kept = (
+                        f"the last good checkpoint (after epoch {state['epoch']}) is kept at {resume_path}"
+                        if state["epoch"] > 0 and resume_path.exists()
+                        else "no checkpoint of this run was written yet (its first epoch did not finish)"
+                    )
                     raise NonFiniteLossError(
                         f"{run_label}: training loss is non-finite at epoch {epoch}, step {bad}/{n_steps}"
-                        f" (last value {loss.item()}, parts: { {k: float(v) for k, v in parts.items()} });"
-                        f" the last good checkpoint is kept at {resume_path}"
+                        f" (last value {loss.item()}, parts: { {k: float(v) for k, v in parts.items()} }); {kept}."
+                        " Lower train.lr, or the method's beta or temperature, and run again"
                     )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,140 @@
+"""Everyday edits rerun only what they change.
+
+Snakemake: an override file (`--configfile`) changes no rule's command, wherever it lies and
+wherever the project lies; only the per-run params decide what reruns (dry-run job counts on a
+copy of the session's tiny run). DVC: each student stage depends on its own run's inputs
+(results/run_params/...), so a change to one method's defaults or to one teacher reruns only
+the students that use it. Part of the study runs through `subset` in an override file.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import make_project, run, subprocess_env, tiny_params
+from tests.test_dvc_remote import commit_all, git_dvc_project, stages_run
+from tests.test_pipeline import jobs_in_dry_run
+
+TABLE = "results/table1.csv"
+
+
+def dry_run(project: Path, *args: str) -> Counter:
+    """Jobs a `snakemake -n` would run, counted per rule."""
+    out = run(["snakemake", "-n", "--cores", "2", TABLE, *args], project)
+    return Counter(jobs_in_dry_run(out))
+
+
+def write_yaml(path: Path, obj: dict) -> Path:
+    path.write_text(yaml.safe_dump(obj, sort_keys=False))
+    return path
+
+
+@pytest.mark.e2e
+def test_override_reruns_only_its_row_wherever_project_and_override_lie(tiny_run, tmp_path):
+    # a copy with the modification times kept, at another absolute path: a moved project
+    project = tmp_path / "moved" / "proj"
+    shutil.copytree(tiny_run, project, symlinks=True)
+    assert dry_run(project) == Counter(), "a moved copy of a finished project must plan nothing"
+    seeds = yaml.safe_load((project / "params.yaml").read_text())["seeds"]
+
+    beta = {"students": {"c5_hinton": {"beta": 0.25}}}
+    expected = Counter({"train_student": len(seeds), "report": 1})  # that row's runs, then Table 1
+    outside = write_yaml(tmp_path / "beta.yaml", beta)
+    assert dry_run(project, "--configfile", str(outside)) == expected
+    inside = write_yaml(project / "my-beta.yaml", beta)
+    assert dry_run(project, "--configfile", inside.name) == expected
+    out = run(["snakemake", "-n", "--cores", "2", TABLE, "--configfile", str(outside)], project)
+    assert "students/c5_hinton/" in out and "students/c5_edam" not in out
+
+    # an override that sets what params.yaml already says changes nothing
+    same = write_yaml(tmp_path / "same.yaml", {"train": {"epochs": tiny_params()["train"]["epochs"]}})
+    assert dry_run(project, "--configfile", str(same)) == Counter()
+
+
+def test_subset_override_plans_only_its_rows(tmp_path):
+    project = make_project(tmp_path / "proj", tiny_params())
+    subset = write_yaml(tmp_path / "subset.yaml", {"seeds": [0], "subset": {"students": ["nokd", "c4_crd_final"]}})
+    jobs = dry_run(project, "--configfile", str(subset))
+    # data, the one teacher the rows distil from, the two rows, the cost profile, Table 1
+    assert jobs == Counter(
+        {"download": 1, "prepare": 1, "train_teacher": 1, "train_student": 2, "profile": 1, "report": 1}
+    )
+    out = run(["snakemake", "-n", "--cores", "2", TABLE, "--configfile", str(subset)], project)
+    assert "teachers/audio/seed0" in out and "teachers/complete" not in out
+
+
+def test_empty_section_in_an_override_is_refused(tmp_path):
+    import subprocess
+
+    project = make_project(tmp_path / "proj", tiny_params())
+    empty = write_yaml(tmp_path / "empty.yaml", {"students": {}})
+    proc = subprocess.run(
+        ["snakemake", "-n", "--cores", "1", TABLE, "--configfile", str(empty)],
+        cwd=project,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    assert "'students: {}' changes nothing" in proc.stdout + proc.stderr
+
+
+def dvc_params() -> dict:
+    """One seed, two teachers, a Hinton student of each and the student without KD."""
+    params = tiny_params()
+    params["seeds"] = [0]
+    params["train"]["epochs"] = 1
+    params["teachers"] = {k: params["teachers"][k] for k in ("video", "audio")}
+    params["students"] = {
+        "nokd": params["students"]["nokd"],
+        "c2_hinton": {"configuration": "video", "teacher": "video", "method": "hinton", "level": "final"},
+        "c4_hinton": {"configuration": "audio", "teacher": "audio", "method": "hinton", "level": "final"},
+        "c4_crd_final": params["students"]["c4_crd_final"],
+    }
+    return params
+
+
+@pytest.mark.e2e
+def test_dvc_reruns_only_the_students_that_use_a_change(tmp_path):
+    params = dvc_params()
+    project = git_dvc_project(tmp_path / "proj", params)
+    commit_all(project, "tiny project")
+    dry = run(["dvc", "repro", "--dry"], project)  # a fresh clone: plans everything, runs nothing
+    assert "train_student@c4_hinton-0" in stages_run(dry) and not (project / "results").exists()
+    run(["dvc", "repro"], project)
+
+    # one method's default: its rows only (and the tables made from every row)
+    params["methods"]["hinton"]["options"]["temperature"] = 2.0
+    write_yaml(project / "params.yaml", params)
+    ran = stages_run(run(["dvc", "repro"], project))
+    trained = {s for s in ran if s.startswith("train_")}
+    assert trained == {"train_student@c2_hinton-0", "train_student@c4_hinton-0"}, ran
+
+    # one teacher: it and its students only
+    params["teachers"]["audio"]["branches"] = ["A", "L"]
+    write_yaml(project / "params.yaml", params)
+    ran = stages_run(run(["dvc", "repro"], project))
+    trained = {s for s in ran if s.startswith("train_")}
+    assert trained == {"train_teacher@audio-0", "train_student@c4_hinton-0", "train_student@c4_crd_final-0"}, ran
+    assert "up to date" in run(["dvc", "status"], project)
+
+
+def test_student_inputs_name_the_teacher_checkpoint_checksum(params, tmp_path):
+    from mmdistill.registry import Registry, Run
+
+    reg = Registry(params, root=tmp_path)
+    teacher = Run("teacher", "video", 0)
+    reg.checkpoint(teacher).parent.mkdir(parents=True)
+    reg.checkpoint(teacher).write_bytes(b"weights v1")
+    first = reg.student_inputs(Run("student", "c2_crd_final", 0))
+    assert first["teacher_checkpoint"]["path"] == "results/teachers/video/seed0/model.pt"
+    assert re.fullmatch(r"[0-9a-f]{32}", first["teacher_checkpoint"]["md5"])
+    reg.checkpoint(teacher).write_bytes(b"weights v2")
+    assert reg.student_inputs(Run("student", "c2_crd_final", 0)) != first
+    assert reg.student_inputs(Run("student", "nokd", 0))["teacher_checkpoint"] is None
