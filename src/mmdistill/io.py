@@ -108,7 +108,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
             f"them could run code ({first}). The checkpoints this project writes hold none; train the run "
             "again, or fetch the file from a source you trust."
         ) from exc
-    except (RuntimeError, EOFError) as exc:
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, EOFError, OSError) as exc:
         raise CheckpointError(
             f"{path}: not a readable checkpoint (truncated or not written by torch.save): {exc}"
         ) from exc
