@@ -2,6 +2,11 @@
 #   snakemake --cores 4 results/table1.csv
 # Every rule runs one step of the package CLI (`python -m mmdistill <step>`); the experiment
 # registry (mmdistill.registry) names every run and owns every output path.
+#
+# `snakemake --lint` finds one thing, left as is on purpose: "Specify a conda environment or
+# container for each rule". Every rule runs this project's own package, installed with its
+# dependencies (pyproject.toml) in the environment Snakemake itself runs in (the README's
+# first command); a per-rule environment would install the same package once more per rule.
 from pathlib import Path
 
 from snakemake.utils import min_version

@@ -29,6 +29,16 @@ def run_outputs(role):
     return {k: str(v) for k, v in outs.items()}
 
 
+def run_params(role):
+    """A training job's params: everything that determines its result (the rerun trigger)."""
+    return lambda w: REG.run_params(Run(role, w.name, int(w.seed)))
+
+
+def teacher_checkpoint(w):
+    teacher = REG.teacher_run(Run("student", w.name, int(w.seed)))
+    return [str(REG.checkpoint(teacher))] if teacher else []
+
+
 wildcard_constraints:
     name=r"[A-Za-z0-9_]+",
     seed=r"\d+",

@@ -1,4 +1,5 @@
 # Data stage: download (or generate) -> prepare.
+# No `conda:` or `container:` per rule: see the note on `snakemake --lint` in the Snakefile.
 
 
 localrules:

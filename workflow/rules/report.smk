@@ -1,4 +1,5 @@
 # Inference cost and Table 1.
+# No `conda:` or `container:` per rule: see the note on `snakemake --lint` in the Snakefile.
 
 
 localrules:

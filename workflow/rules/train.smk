@@ -1,13 +1,5 @@
 # Training: every teacher and every student row, once per seed.
-
-
-def _run_params(role):
-    return lambda w: REG.run_params(Run(role, w.name, int(w.seed)))
-
-
-def _teacher_checkpoint(w):
-    teacher = REG.teacher_run(Run("student", w.name, int(w.seed)))
-    return [str(REG.checkpoint(teacher))] if teacher else []
+# No `conda:` or `container:` per rule: see the note on `snakemake --lint` in the Snakefile.
 
 
 rule train_teacher:
@@ -23,7 +15,7 @@ rule train_teacher:
         mem_mb=8000,
         runtime=240,
     params:
-        run=_run_params("teacher"),
+        run=run_params("teacher"),
     shell:
         cli("train")
         + " --role teacher --name {wildcards.name} --seed {wildcards.seed} > {log} 2>&1"
@@ -32,7 +24,7 @@ rule train_teacher:
 rule train_student:
     input:
         data=str(REG.prepared()),
-        teacher=_teacher_checkpoint,
+        teacher=teacher_checkpoint,
     output:
         **run_outputs("student"),
     log:
@@ -43,7 +35,7 @@ rule train_student:
         mem_mb=8000,
         runtime=240,
     params:
-        run=_run_params("student"),
+        run=run_params("student"),
     shell:
         cli("train")
         + " --role student --name {wildcards.name} --seed {wildcards.seed} > {log} 2>&1"
