@@ -150,6 +150,46 @@ def test_an_empty_split_is_a_data_error(tmp_path, step):
     one_message(step(p, "prepare"), 1, "split 'valid' is empty (0 samples)")
 
 
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        ("mmdistill.data.dataset:DataError", 1),
+        ("mmdistill.data.download:DownloadError", 1),
+        ("mmdistill.train.loop:NonFiniteLossError", 1),
+        ("mmdistill.io:CheckpointError", 1),
+        ("mmdistill.registry:ParamsError", 2),
+    ],
+)
+def test_known_failures_of_a_training_job_exit_with_one_message(tmp_path, step, monkeypatch, error, code):
+    import importlib
+
+    module, name = error.split(":")
+    cls = getattr(importlib.import_module(module), name)
+
+    def fails(reg, run, progress=True):
+        raise cls(f"{run.id}: what went wrong")
+
+    monkeypatch.setattr("mmdistill.experiment.train_run", fails)
+    p = project(tmp_path)
+    (p / "data" / "prepared").mkdir(parents=True)
+    (p / "data" / "prepared" / "synthetic.h5").touch()  # present (the job's inputs are checked first)
+    one_message(step(p, "train", "--role", "teacher", "--name", "video", "--seed", "0"), code, "teachers/video/seed0")
+
+
+def test_an_unexpected_failure_keeps_its_traceback(tmp_path, step, monkeypatch):
+    """Anything else is a bug: it is not dressed up as a user error."""
+
+    def fails(reg, run, progress=True):
+        raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr("mmdistill.experiment.train_run", fails)
+    p = project(tmp_path)
+    (p / "data" / "prepared").mkdir(parents=True)
+    (p / "data" / "prepared" / "synthetic.h5").touch()
+    with pytest.raises(ZeroDivisionError):
+        step(p, "train", "--role", "teacher", "--name", "video", "--seed", "0")
+
+
 # -------------------------------------------------------------------- non-finite loss
 def _nan_after(model, calls: int):
     """Make the model's logits NaN from its ``calls``-th training-mode forward pass on."""
