@@ -161,3 +161,19 @@ def test_student_inputs_name_the_teacher_checkpoint_checksum(params, tmp_path):
     reg.checkpoint(teacher).write_bytes(b"weights v2")
     assert reg.student_inputs(Run("student", "c2_crd_final", 0)) != first
     assert reg.student_inputs(Run("student", "nokd", 0))["teacher_checkpoint"] is None
+
+
+def test_subset_rules(params):
+    from mmdistill.registry import ParamsError, Registry
+
+    reg = Registry({**params, "subset": {"teachers": ["audio"]}})
+    assert set(reg.teachers) == {"audio"}
+    assert set(reg.students) == {"nokd", "c4_crd_final", "c4_crd_penult"}  # its students and the no-KD one
+    reg = Registry({**params, "subset": {"students": ["c5_hinton"], "teachers": ["complete", "video"]}})
+    assert set(reg.students) == {"c5_hinton"} and set(reg.teachers) == {"complete", "video"}
+    with pytest.raises(ParamsError, match=r"subset\.students: \['c9'\] not among students"):
+        Registry({**params, "subset": {"students": ["c9"]}})
+    with pytest.raises(ParamsError, match=r"subset: students \['c5_hinton'\] distil from teachers that subset"):
+        Registry({**params, "subset": {"students": ["c5_hinton"], "teachers": ["video"]}})
+    with pytest.raises(ParamsError, match=r"subset leaves no teachers"):
+        Registry({**params, "subset": {"students": ["nokd"]}})
