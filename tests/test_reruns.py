@@ -135,9 +135,13 @@ def test_dvc_reruns_only_the_students_that_use_a_change(tmp_path):
     first = stages_run(run(["dvc", "repro", *students], project))
     assert first == expected - {"profile", "report", "robustness"}, first
 
-    # one method's default: the rows of that method only
+    # the defaults of a method no student here uses: no student
+    params["methods"]["crd"]["options"]["nce_k"] = 16
+    write_yaml(project / "params.yaml", params)
+    assert stages_run(run(["dvc", "repro", *students], project)) == {"run_params"}
+
+    # one method's default: the rows of that method
     params["methods"]["hinton"]["options"]["temperature"] = 2.0
-    params["methods"]["crd"]["options"]["nce_k"] = 16  # a method no student here uses
     write_yaml(project / "params.yaml", params)
     ran = stages_run(run(["dvc", "repro", *students], project))
     assert ran == {"run_params", "train_student@c2_hinton-0", "train_student@c4_hinton-0"}, ran

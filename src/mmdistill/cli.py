@@ -47,7 +47,7 @@ def _registry(args) -> Registry:
     if env and args.params is None and not args.override:
         given = json.loads(env)
         source = " + ".join(given["sources"])
-        log.debug("parameters from Snakemake: %s", source)
+        log.info("parameters: %s (merged by Snakemake)", source)
         return Registry(given["params"], source=source)
     return Registry.from_file(args.params or "params.yaml", overrides=args.override or [])
 
