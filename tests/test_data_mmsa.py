@@ -80,6 +80,7 @@ def test_prepare_keeps_last_true_steps_of_right_padded_sequences(mmsa_file):
     assert summary["feature_dims"] == {"V": 35, "A": 74, "L": 768}
     assert "right-padded" in summary["padding"]
     stats = summary["splits"]["train"]
+    assert stats["stored_steps"] == {"V": 10, "A": 12, "L": 8}
     # BERT's outputs at [PAD] are not zero: every text shorter than 8 tokens has such rows, dropped
     assert stats["nonzero_after_length"] == {"V": 0, "A": 0, "L": sum(1 + (3 * i + 4) % 8 < 8 for i in range(6))}
     assert stats["truncated"]["A"] == sum(1 + (3 * i + 5) % 12 > 5 for i in range(6))

@@ -128,7 +128,7 @@ def prepare_split(
     if n == 0:
         raise DataError(f"split '{split}' is empty")
     out: dict[str, np.ndarray] = {}
-    stats: dict = {"n": n, "nonfinite": {}, "zero_length": {}, "truncated": {}, "mean_length": {}}
+    stats: dict = {"n": n, "stored_steps": {}, "nonfinite": {}, "zero_length": {}, "truncated": {}, "mean_length": {}}
     if padding == "right":
         stats["nonzero_after_length"] = {}
         stats["length_beyond_stored"] = {}
@@ -138,6 +138,7 @@ def prepare_split(
         x = np.asarray(d[key])
         if x.ndim != 3 or x.shape[0] != n or x.shape[2] < 1:
             raise DataError(f"split '{split}': '{key}' has shape {x.shape}; expected ({n}, T, D)")
+        stats["stored_steps"][m] = int(x.shape[1])
         if padding == "left":
             raw_len = true_lengths(x)  # (N,)
             x = fit_length(x, lengths[m])  # (N, T_m, D) float32, a copy
