@@ -222,6 +222,10 @@ def test_acquire_and_prepare_mmsa_with_checksum_sizes_and_widths(mmsa_file, tmp_
     assert read_feature_dims(tmp_path / "p" / "d.h5") == {"V": 35, "A": 74, "L": 768}
     test = load_split(tmp_path / "p" / "d.h5", "test")
     assert test.feature_dims == {"V": 35, "A": 74, "L": 768} and test.segment_id[0] == "vid000$_$1"
+    assert "right-padded" in summary["padding"]
+    # sample 1: 1 + (3 + 5) % 12 = 9 true audio rows of 12 stored; the last 5 (rows 4..8) are kept
+    np.testing.assert_allclose(test.inputs["A"][1, :, 0].numpy(), [row_value(1, k, "audio") for k in range(4, 9)])
+    assert test.length[1].tolist() == [4, 5, 3]
     assert json.loads((tmp_path / "p" / "d.json").read_text())["padding"] == summary["padding"]
 
 

@@ -244,9 +244,9 @@ class Registry:
         if self.source == "synthetic":
             return self.raw_dir() / "mosei_synthetic.pkl"
         if self.source in ("mult_pkl", "mmsa_pkl"):
-            from mmdistill.data.acquire import raw_file_name
+            from mmdistill.data.catalogue import raw_file_name
 
-            return self.raw_dir() / raw_file_name(self.params["data"])
+            return self.raw_dir() / raw_file_name(self.source, self.params["data"]["dataset"])
         return self.raw_dir()
 
     def prepared(self) -> Path:

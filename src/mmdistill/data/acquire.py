@@ -26,8 +26,6 @@ log = logging.getLogger(__name__)
 SOURCES = ("synthetic", "mult_pkl", "mmsa_pkl", "sdk_csd")
 SYNTHETIC_NAME = "mosei_synthetic.pkl"
 MULT_PKL_NAME = "mosei_senti_data_noalign.pkl"
-MULT_PKL_NAMES = {"mosei": MULT_PKL_NAME, "mosi": "mosi_data_noalign.pkl"}  # as MulT names them
-MMSA_PKL_NAMES = {"mosei": "mmsa_mosei_unaligned_50.pkl", "mosi": "mmsa_mosi_unaligned_50.pkl"}
 FOLDS_NAME = "mosei_folds.json"  # optional, beside the .csd files: {"train": [ids], ...}
 
 
@@ -94,12 +92,7 @@ def dataset_of(data_cfg: dict) -> str:
 
 def raw_file_name(data_cfg: dict) -> str:
     """Name of the raw pickle of a ``mult_pkl`` or ``mmsa_pkl`` source under the raw folder."""
-    source, dataset = _source(data_cfg), dataset_of(data_cfg)
-    if source == "mult_pkl":
-        return MULT_PKL_NAMES[dataset]
-    if source == "mmsa_pkl":
-        return MMSA_PKL_NAMES[dataset]
-    raise ValueError(f"source {source!r} has no single raw pickle")
+    return catalogue.raw_file_name(_source(data_cfg), dataset_of(data_cfg))
 
 
 def expected_sha256(data_cfg: dict) -> str | None:
@@ -198,6 +191,11 @@ def _verification(data_cfg: dict, actual: str) -> str:
     expected = expected_sha256(data_cfg)
     if expected and actual == expected:
         return f"matches the configured sha256{f' (published for {known})' if known else ''}"
+    if expected:
+        raise DataError(
+            f"{data_cfg['source']}: the raw file's sha256 {actual} differs from the configured {expected}: "
+            "run the `download` step again"
+        )
     if known:
         return f"unverified against the configuration, but it is the published {known}"
     return "unverified: no sha256 configured and not a published file"

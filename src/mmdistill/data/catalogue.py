@@ -55,6 +55,21 @@ LABEL_RULES = {
 LABEL_RULE_SHORT = {"round": "numpy.round(clip(y, -3, 3))", "sdk": "SDK cmumosei_round(clip(y, -3, 3))"}
 
 
+# name of the raw pickle under data/raw/<source>/ (MulT's own names; MMSA's all read unaligned_50.pkl)
+RAW_PICKLE_NAMES = {
+    ("mult_pkl", "mosei"): "mosei_senti_data_noalign.pkl",
+    ("mult_pkl", "mosi"): "mosi_data_noalign.pkl",
+    ("mmsa_pkl", "mosei"): "mmsa_mosei_unaligned_50.pkl",
+    ("mmsa_pkl", "mosi"): "mmsa_mosi_unaligned_50.pkl",
+}
+
+
+def raw_file_name(source: str, dataset: str) -> str:
+    if (source, dataset) not in RAW_PICKLE_NAMES:
+        raise ValueError(f"no raw pickle name for source {source!r} and dataset {dataset!r}")
+    return RAW_PICKLE_NAMES[(source, dataset)]
+
+
 def classes(y: np.ndarray, rule: str) -> np.ndarray:
     """Sentiment in [-3, 3] -> class -3..3 by ``rule`` (see :data:`LABEL_RULES`), int64.
 
