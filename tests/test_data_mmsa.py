@@ -242,6 +242,9 @@ def test_wrong_checksum_names_the_published_file_it_is(mmsa_file, tmp_path, monk
     assert summary["raw"]["verified"] == (
         "unverified against the configuration, but it is the published MMSA MOSI/Processed/unaligned_50.pkl"
     )
+    monkeypatch.setitem(catalogue.PUBLISHED_SHA256, digest, "MMSA SIMS/Processed/unaligned_39.pkl")
+    with pytest.raises(DataError, match=r"CH-SIMS labels lie in \[-1, 1\]"):
+        prepare_dataset(cfg, raw, tmp_path / "d.h5", tmp_path / "d.json")
 
 
 def test_unverified_local_file_and_download_are_logged(mmsa_file, tmp_path, caplog):

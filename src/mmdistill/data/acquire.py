@@ -143,13 +143,13 @@ def prepare_dataset(data_cfg: dict, raw_path: str | Path, out_h5: str | Path, su
         folds, extra["folds"] = _folds(data_cfg["sdk_csd"], raw_path)
         raw = sdk_csd.load(raw_path, lengths, folds)
         digests = {p.name: sha256sum(p) for p in sdk_csd.locate(raw_path).values()}
+    if source in ("mult_pkl", "mmsa_pkl"):
+        extra["verified"] = _verification(data_cfg, digests[raw_path.name])
     label_rule = data_cfg.get("label_rule", "round")
     arrays, summary = prepare.prepare(raw, lengths, source, label_rule=label_rule, padding=padding)
     del raw
     summary["dataset"] = dataset if source != "synthetic" else "synthetic (MOSEI-like shapes and labels)"
     summary["raw"] = {"path": str(raw_path), "sha256": digests, **extra}
-    if source in ("mult_pkl", "mmsa_pkl"):
-        summary["raw"]["verified"] = _verification(data_cfg, digests[raw_path.name])
     summary["source_config"] = data_cfg[source]
     expected = None if source == "synthetic" else catalogue.expected_sizes(dataset, source)
     verdict, warnings = catalogue.compare_sizes(summary["n"], expected, f"{dataset} through {source}")
@@ -188,6 +188,8 @@ def _local_file(path: Path, sha256: str | None) -> Path:
 def _verification(data_cfg: dict, actual: str) -> str:
     """What the summary says about the raw pickle's checksum."""
     known = catalogue.PUBLISHED_SHA256.get(actual)
+    if known and "SIMS" in known:
+        raise DataError(f"{known}: CH-SIMS labels lie in [-1, 1] and 7-class accuracy is not defined for them")
     expected = expected_sha256(data_cfg)
     if expected and actual == expected:
         return f"matches the configured sha256{f' (published for {known})' if known else ''}"
