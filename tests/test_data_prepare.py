@@ -133,7 +133,9 @@ def test_summary_histogram_and_h5_loads(tmp_path):
     with h5py.File(out) as f:
         assert f.attrs["source"] == "constructed"
         assert json.loads(f.attrs["lengths"]) == LENGTHS
-        assert "halves to even" in f.attrs["rounding"] and f.attrs["format_version"] == 1
+        assert "halves to even" in f.attrs["rounding"] and f.attrs["format_version"] == 2
+        assert f.attrs["label_rule"] == "round"
+        assert json.loads(f.attrs["feature_dims"]) == {"V": 35, "A": 74, "L": 300}
     assert [p.name for p in tmp_path.iterdir()] == ["d.h5"]  # no temporary left
 
 

@@ -24,7 +24,7 @@ import platform
 import resource
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -51,11 +51,14 @@ class Setting:
     batch_size: int
     steps: int
     teacher_cache_mb: float = 0.0  # as train.teacher_cache_mb: cache the teacher's maps if they fit
+    feature_dims: dict[str, int] = field(default_factory=lambda: dict(FEATURE_DIM))  # input widths
 
 
-def random_split(lengths: dict[str, int], n: int, seed: int = 0) -> SplitData:
+def random_split(
+    lengths: dict[str, int], n: int, seed: int = 0, feature_dims: dict[str, int] = FEATURE_DIM
+) -> SplitData:
     g = torch.Generator().manual_seed(seed)
-    inputs = {m: torch.randn(n, lengths[m], FEATURE_DIM[m], generator=g) for m in MODALITIES}
+    inputs = {m: torch.randn(n, lengths[m], feature_dims[m], generator=g) for m in MODALITIES}
     label = torch.randint(0, 7, (n,), generator=g)
     length = torch.tensor([[lengths[m] for m in MODALITIES]] * n, dtype=torch.int32)
     return SplitData("bench", inputs, length, label, label.float() - 3, [str(i) for i in range(n)])
@@ -66,12 +69,12 @@ def build_case(case: str, s: Setting, split: SplitData, device: torch.device):
     cfg = ModelConfig.from_dict(s.model)
     torch.manual_seed(0)
     if case == "teacher":
-        model = build_teacher(cfg, ("V", "A", "L")).to(device)
+        model = build_teacher(cfg, ("V", "A", "L"), s.feature_dims).to(device)
         return model, Objective(model, None, split, s.batch_size, device)
-    student = build_student(cfg, "language_audio", "V", s.lengths, "down").to(device)
+    student = build_student(cfg, "language_audio", "V", s.lengths, "down", s.feature_dims).to(device)
     if case == "student_nokd":
         return student, Objective(student, None, split, s.batch_size, device)
-    teacher = build_teacher(cfg, ("V", "A", "L")).to(device).eval()
+    teacher = build_teacher(cfg, ("V", "A", "L"), s.feature_dims).to(device).eval()
     method, level = ("hinton", "final") if case == "student_output_kd" else ("edam", "attention")
     example = next(split.batches(s.batch_size))
     example = example.to(device)
@@ -127,7 +130,7 @@ def run_case(case: str, s: Setting, device_name: str, threads: int) -> dict[str,
     torch.set_num_threads(threads)
     device = torch.device(device_name)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    split = random_split(s.lengths, s.batch_size * (s.steps + 1))
+    split = random_split(s.lengths, s.batch_size * (s.steps + 1), feature_dims=s.feature_dims)
     model, objective = build_case(case, s, split, device)
     model.train()
     params = [p for p in model.parameters()]
@@ -213,12 +216,12 @@ def latency(s: Setting, device: torch.device, repeats: int) -> dict[str, Any]:
     """
     cfg = ModelConfig.from_dict(s.model)
     models = {
-        "teacher": build_teacher(cfg, ("V", "A", "L")).to(device),
-        "student": build_student(cfg, "language_audio", "V", s.lengths, "down").to(device),
+        "teacher": build_teacher(cfg, ("V", "A", "L"), s.feature_dims).to(device),
+        "student": build_student(cfg, "language_audio", "V", s.lengths, "down", s.feature_dims).to(device),
     }
     out: dict[str, Any] = {name: {"parameters": count_parameters(m)} for name, m in models.items()}
     for bs in (1, 32):
-        inputs = random_inputs(s.lengths, FEATURE_DIM, bs)
+        inputs = random_inputs(s.lengths, s.feature_dims, bs)
         for m in models.values():
             measure_latency(m, inputs, 3, 1)
         times: dict[str, list[float]] = {name: [] for name in models}
@@ -243,15 +246,18 @@ def bench(
     full_steps: int = 2,
     steps: int = 10,
     teacher_cache_mb: float = 0.0,
+    feature_dims: dict[str, int] = FEATURE_DIM,
     log=print,
 ) -> dict[str, Any]:
+    """Both settings use ``feature_dims`` (input width per modality, the data's)."""
     device = torch.device(device_name if device_name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    settings = [Setting("default", default_model, default_lengths, batch_size, steps, teacher_cache_mb)]
+    dims = dict(feature_dims)
+    settings = [Setting("default", default_model, default_lengths, batch_size, steps, teacher_cache_mb, dims)]
     if full:
         settings.append(
-            Setting("full", {**default_model, **PAPER_PRESET}, FULL_LENGTHS, 16, full_steps, teacher_cache_mb)
+            Setting("full", {**default_model, **PAPER_PRESET}, FULL_LENGTHS, 16, full_steps, teacher_cache_mb, dims)
         )
     result: dict[str, Any] = {
         "device": str(device),
@@ -267,6 +273,7 @@ def bench(
         entry: dict[str, Any] = {
             "model": s.model,
             "lengths": s.lengths,
+            "feature_dims": s.feature_dims,
             "batch_size": s.batch_size,
             "teacher_cache_mb": s.teacher_cache_mb,
             "train_step": {},
@@ -294,12 +301,14 @@ def bench(
 
 
 # ---------------------------------------------------------------------- cost of each Table 1 row
-def row_costs(reg, epochs: int = 3, threads: int | None = None, log=print) -> dict[str, Any]:
+def row_costs(
+    reg, epochs: int = 3, threads: int | None = None, log=print, feature_dims: dict[str, int] = FEATURE_DIM
+) -> dict[str, Any]:
     """Training cost of every student row of the registry against a no-KD student.
 
     Each row trains for ``epochs`` epochs through the pipeline's own loop
     (:func:`mmdistill.train.loop.train`) with its own loss and options, one row at a time in
-    this process, on random data of the synthetic data set's sizes and the configured lengths,
+    this process, on random data of the synthetic data set's sizes, the configured lengths and ``feature_dims``,
     distilling from a freshly initialized teacher of its teacher run's architecture (cost does
     not depend on the weights). Per row: the median epoch time (training steps plus the
     validation pass) and the one-time set-up (loss construction and the teacher's
@@ -322,8 +331,9 @@ def row_costs(reg, epochs: int = 3, threads: int | None = None, log=print) -> di
     )
     lengths = dict(reg.params["data"]["lengths"])
     syn = reg.params["data"]["synthetic"]
-    train_split = random_split(lengths, syn["n_train"], seed=1)
-    valid_split = random_split(lengths, syn["n_valid"], seed=2)
+    dims = dict(feature_dims)
+    train_split = random_split(lengths, syn["n_train"], seed=1, feature_dims=dims)
+    valid_split = random_split(lengths, syn["n_valid"], seed=2, feature_dims=dims)
     seed = reg.seeds[0]
 
     def time_one(run: Run | None, bp: dict[str, Any], label: str, tmp: Path) -> dict[str, Any]:
@@ -332,7 +342,7 @@ def row_costs(reg, epochs: int = 3, threads: int | None = None, log=print) -> di
         t0 = time.perf_counter()
         kd = None
         if run is not None and reg.spec(run).distils:
-            teacher = build_from_blueprint(blueprint(reg, reg.teacher_run(run))).eval()
+            teacher = build_from_blueprint(blueprint(reg, reg.teacher_run(run), dims)).eval()
             kd = make_distillation(reg, run, student, train_split, valid_split, cfg.batch_size, teacher=teacher)
         result = train(
             student,
@@ -360,6 +370,7 @@ def row_costs(reg, epochs: int = 3, threads: int | None = None, log=print) -> di
         "n_train": syn["n_train"],
         "n_valid": syn["n_valid"],
         "lengths": lengths,
+        "feature_dims": dims,
         "batch_size": cfg.batch_size,
         "rows": {},
         "baselines": {},
@@ -369,7 +380,7 @@ def row_costs(reg, epochs: int = 3, threads: int | None = None, log=print) -> di
         arch_of: dict[str, str] = {}
         for name in reg.students:
             run = Run("student", name, seed)
-            bp = blueprint(reg, run)
+            bp = blueprint(reg, run, dims)
             arch = params_hash(bp)
             arch_of[name] = arch
             r = time_one(run, bp, name, tmp)
@@ -381,7 +392,7 @@ def row_costs(reg, epochs: int = 3, threads: int | None = None, log=print) -> di
             log(f"[rows] {name}: {r['epoch_s']:.2f} s/epoch, set-up {r['setup_s']:.2f} s")
         for name, arch in arch_of.items():
             if arch not in out["baselines"]:
-                bp = blueprint(reg, Run("student", name, seed))
+                bp = blueprint(reg, Run("student", name, seed), dims)
                 r = time_one(None, bp, f"nokd_{arch[:8]}", tmp)
                 out["baselines"][arch] = {"row": None, "like": name, **r}
                 log(f"[rows] no-KD student shaped like {name}: {r['epoch_s']:.2f} s/epoch")

@@ -144,7 +144,7 @@ def cmd_report(args) -> int:
     table = add_paired_stats(table1(reg, runs, profile), reg, runs)
     ratios = cost_ratios(table, reg, runs)
     write_text(reg.table("csv"), table.to_csv(index=False, float_format="%.4f"))
-    write_text(reg.table("md"), to_markdown(table, ratios, profile, reg.source))
+    write_text(reg.table("md"), to_markdown(table, ratios, profile, reg.source, reg.params["data"]["label_rule"]))
     log.info("wrote %s and %s", reg.table("csv"), reg.table("md"))
     t0 = time.perf_counter()
     figures = make_figures(reg, table, runs, profile, reg.figures_dir())
@@ -177,6 +177,7 @@ def cmd_bench(args) -> int:
     from mmdistill.io import write_json, write_text
 
     reg = _registry(args)
+    dims = _bench_feature_dims(reg)
     r: dict = {}
     if args.what in ("steps", "all"):
         r = bench(
@@ -188,15 +189,29 @@ def cmd_bench(args) -> int:
             full=not args.no_full,
             full_steps=args.full_steps,
             teacher_cache_mb=reg.params["train"]["teacher_cache_mb"],
+            feature_dims=dims,
             log=log.info,
         )
     if args.what in ("rows", "all"):
-        r["row_costs"] = row_costs(reg, epochs=args.row_epochs, log=log.info)
+        r["row_costs"] = row_costs(reg, epochs=args.row_epochs, log=log.info, feature_dims=dims)
     out = Path(args.out)
     write_json(out.with_suffix(".json"), r)
     write_text(out.with_suffix(".md"), to_markdown(r))
     log.info("wrote %s and %s", out.with_suffix(".json"), out.with_suffix(".md"))
     return 0
+
+
+def _bench_feature_dims(reg: Registry) -> dict[str, int]:
+    """Input widths for bench: the prepared data's, else (no prepared file yet) the synthetic ones, logged."""
+    from mmdistill.data.dataset import read_feature_dims
+    from mmdistill.modalities import FEATURE_DIM
+
+    if reg.prepared().is_file():
+        dims = read_feature_dims(reg.prepared())
+        log.info("bench: feature widths %s from %s", dims, reg.prepared())
+        return dims
+    log.warning("bench: no prepared data at %s; using the synthetic data's widths %s", reg.prepared(), FEATURE_DIM)
+    return dict(FEATURE_DIM)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmdistill.data.dataset import SplitData, load_split
+from mmdistill.data.dataset import SplitData, load_split, read_feature_dims
 from mmdistill.distill.base import DistillContext, build_loss
 from mmdistill.io import atomic_path, load_checkpoint, write_json, write_text
 from mmdistill.models import build_student, build_teacher, count_parameters
@@ -28,10 +28,15 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------- models
-def blueprint(reg: Registry, run: Run) -> dict[str, Any]:
-    """A plain description from which the run's model can be rebuilt (stored in its checkpoint)."""
+def blueprint(reg: Registry, run: Run, feature_dims: dict[str, int] | None = None) -> dict[str, Any]:
+    """A plain description from which the run's model can be rebuilt (stored in its checkpoint).
+
+    ``feature_dims`` (input width per modality) default to the widths the prepared data file
+    records, so every model is built for the data it trains on."""
     spec = reg.spec(run)
-    bp: dict[str, Any] = {"role": run.role, "model": dict(reg.params["model"])}
+    if feature_dims is None:
+        feature_dims = read_feature_dims(reg.prepared())
+    bp: dict[str, Any] = {"role": run.role, "model": dict(reg.params["model"]), "feature_dims": dict(feature_dims)}
     if run.role == "teacher":
         bp["branches"] = list(spec.branches)
     else:
@@ -46,9 +51,10 @@ def blueprint(reg: Registry, run: Run) -> dict[str, Any]:
 
 def build_from_blueprint(bp: dict[str, Any]) -> nn.Module:
     cfg = ModelConfig.from_dict(bp["model"])
+    dims = bp.get("feature_dims")  # absent only in checkpoints written when every width was MulT's MOSEI width
     if bp["role"] == "teacher":
-        return build_teacher(cfg, tuple(bp["branches"]))
-    return build_student(cfg, bp["configuration"], bp["input_modality"], bp["target_lengths"], bp["proxy"])
+        return build_teacher(cfg, tuple(bp["branches"]), dims)
+    return build_student(cfg, bp["configuration"], bp["input_modality"], bp["target_lengths"], bp["proxy"], dims)
 
 
 def save_model(path, model: nn.Module, bp: dict[str, Any]) -> None:
@@ -186,20 +192,21 @@ def profile_models(reg: Registry, progress: bool = True) -> dict[str, Any]:
 
     Latency does not depend on the trained weights, so freshly initialized models with the
     run's architecture are timed, all in this one process, one after another, with
-    ``profile.threads`` threads, on random inputs of the data set's shapes.
+    ``profile.threads`` threads, on random inputs of the data set's shapes (the configured lengths
+    and the feature widths of the prepared data file).
     """
-    from mmdistill.modalities import FEATURE_DIM
     from mmdistill.train.latency import measure_latency, random_inputs
 
     prof = reg.params["profile"]
     device = resolve_device(reg.params["train"]["device"])
     torch.set_num_threads(prof["threads"])
     lengths = dict(reg.params["data"]["lengths"])
+    feature_dims = read_feature_dims(reg.prepared())
     archs: dict[str, dict[str, Any]] = {}
     rows: dict[str, str] = {}
     for role, names in (("teacher", reg.teachers), ("student", reg.students)):
         for name in names:
-            bp = blueprint(reg, Run(role, name, reg.seeds[0]))
+            bp = blueprint(reg, Run(role, name, reg.seeds[0]), feature_dims)
             key = params_hash({k: v for k, v in bp.items()})
             archs.setdefault(key, bp)
             rows[f"{role}s/{name}"] = key
@@ -209,7 +216,7 @@ def profile_models(reg: Registry, progress: bool = True) -> dict[str, Any]:
         model = build_from_blueprint(bp).to(device)
         entry: dict[str, Any] = {"blueprint": bp, "parameters": count_parameters(model), "latency": {}}
         for bs in prof["batch_sizes"]:
-            inputs = random_inputs(lengths, FEATURE_DIM, bs)
+            inputs = random_inputs(lengths, feature_dims, bs)
             entry["latency"][str(bs)] = measure_latency(model, inputs, prof["warmup"], prof["repeats"])
         measured[key] = entry
         if progress:
@@ -224,6 +231,7 @@ def profile_models(reg: Registry, progress: bool = True) -> dict[str, Any]:
         "machine": platform.machine(),
         "processor": platform.processor(),
         "lengths": lengths,
+        "feature_dims": feature_dims,
         "architectures": measured,
         "rows": rows,
     }

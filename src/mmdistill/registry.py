@@ -268,7 +268,13 @@ class Registry:
 
     def data_identity(self) -> dict[str, Any]:
         d = self.params["data"]
-        return {"source": d["source"], "lengths": dict(d["lengths"]), d["source"]: copy.deepcopy(d[d["source"]])}
+        return {
+            "source": d["source"],
+            "dataset": d["dataset"],
+            "label_rule": d["label_rule"],
+            "lengths": dict(d["lengths"]),
+            d["source"]: copy.deepcopy(d[d["source"]]),
+        }
 
     # ------------------------------------------------------------------ paths
     @property
@@ -283,8 +289,10 @@ class Registry:
         (a local copy named by ``path`` is linked there)."""
         if self.source == "synthetic":
             return self.raw_dir() / "mosei_synthetic.pkl"
-        if self.source == "mult_pkl":
-            return self.raw_dir() / "mosei_senti_data_noalign.pkl"
+        if self.source in ("mult_pkl", "mmsa_pkl"):
+            from mmdistill.data.catalogue import raw_file_name
+
+            return self.raw_dir() / raw_file_name(self.source, self.params["data"]["dataset"])
         return self.raw_dir()
 
     def prepared(self) -> Path:

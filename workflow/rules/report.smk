@@ -8,6 +8,9 @@ localrules:
 
 
 rule profile:
+    input:
+        # the models are built for the feature widths the prepared data records
+        data=str(REG.prepared()),
     output:
         str(REG.profile()),
     log:

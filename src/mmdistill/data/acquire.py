@@ -1,7 +1,8 @@
 """The two data steps the command line runs: ``acquire`` (raw input) and ``prepare_dataset``.
 
 ``data_cfg`` is the ``data:`` section of params.yaml (already schema-validated):
-``source`` (synthetic | mult_pkl | sdk_csd), ``lengths`` {V, A, L} and one block per source.
+``source`` (synthetic | mult_pkl | mmsa_pkl | sdk_csd), ``dataset`` (mosei | mosi),
+``label_rule`` (round | sdk), ``lengths`` {V, A, L} and one block per source.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mmdistill.data import mult_pkl, prepare, sdk_csd, synthetic
+from mmdistill.data import catalogue, mmsa_pkl, mult_pkl, prepare, sdk_csd, synthetic
 from mmdistill.data.dataset import DataError
 from mmdistill.data.download import fetch, sha256sum
 from mmdistill.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("synthetic", "mult_pkl", "sdk_csd")
+SOURCES = ("synthetic", "mult_pkl", "mmsa_pkl", "sdk_csd")
 SYNTHETIC_NAME = "mosei_synthetic.pkl"
 MULT_PKL_NAME = "mosei_senti_data_noalign.pkl"
 FOLDS_NAME = "mosei_folds.json"  # optional, beside the .csd files: {"train": [ids], ...}
@@ -55,12 +56,18 @@ def acquire(data_cfg: dict, raw_dir: str | Path, progress: bool = True) -> Path:
         with atomic_path(out) as tmp, open(tmp, "wb") as f:
             pickle.dump(raw, f, protocol=pickle.HIGHEST_PROTOCOL)
         return out
-    if source == "mult_pkl":
-        cfg = data_cfg["mult_pkl"]
+    if source in ("mult_pkl", "mmsa_pkl"):
+        cfg = data_cfg[source]
+        dest = raw_dir / raw_file_name(data_cfg)
+        sha256 = expected_sha256(data_cfg)
         if cfg.get("path"):
-            src = _local_file(Path(cfg["path"]).expanduser(), cfg.get("sha256"))
-            return _link_into(src, raw_dir / MULT_PKL_NAME)
-        return fetch(cfg["urls"], raw_dir / MULT_PKL_NAME, cfg.get("sha256"), progress)
+            return _link_into(_local_file(Path(cfg["path"]).expanduser(), sha256), dest)
+        if not cfg.get("urls"):
+            raise DataError(
+                f"data.{source}: neither a local `path` nor `urls` to download from; "
+                "see docs/bring-your-own-data.md for where to get the file"
+            )
+        return fetch(cfg["urls"], dest, sha256, progress)
     cfg = data_cfg["sdk_csd"]
     checksums = cfg.get("sha256") or {}
     if cfg.get("path"):
@@ -74,6 +81,27 @@ def acquire(data_cfg: dict, raw_dir: str | Path, progress: bool = True) -> Path:
         urls = [base.rstrip("/") + "/" + rel for base in cfg["base_urls"]]
         fetch(urls, raw_dir / Path(rel).name, _csd_checksum(checksums, key), progress)
     return raw_dir
+
+
+def dataset_of(data_cfg: dict) -> str:
+    dataset = data_cfg.get("dataset", "mosei")
+    if dataset not in catalogue.DATASETS:
+        raise ValueError(f"data.dataset must be one of {catalogue.DATASETS}, got {dataset!r}")
+    return dataset
+
+
+def raw_file_name(data_cfg: dict) -> str:
+    """Name of the raw pickle of a ``mult_pkl`` or ``mmsa_pkl`` source under the raw folder."""
+    return catalogue.raw_file_name(_source(data_cfg), dataset_of(data_cfg))
+
+
+def expected_sha256(data_cfg: dict) -> str | None:
+    """The configured checksum of the raw pickle (``mmsa_pkl``: per dataset), or None."""
+    source = _source(data_cfg)
+    value = data_cfg[source].get("sha256")
+    if isinstance(value, dict):
+        value = value.get(dataset_of(data_cfg))
+    return value.lower() if value else None
 
 
 def _link_into(src: Path, dst: Path) -> Path:
@@ -100,19 +128,34 @@ def prepare_dataset(data_cfg: dict, raw_path: str | Path, out_h5: str | Path, su
     """
     raw_path = Path(raw_path)
     source = _source(data_cfg)
+    dataset = dataset_of(data_cfg)
     lengths = data_cfg["lengths"]
     extra: dict = {}
+    padding = "left"
     if source in ("synthetic", "mult_pkl"):
         raw = mult_pkl.load(raw_path)
         digests = {raw_path.name: sha256sum(raw_path)}
+    elif source == "mmsa_pkl":
+        raw, extra["text_lengths"] = mmsa_pkl.load(raw_path)
+        digests = {raw_path.name: sha256sum(raw_path)}
+        padding = "right"
     else:
         folds, extra["folds"] = _folds(data_cfg["sdk_csd"], raw_path)
         raw = sdk_csd.load(raw_path, lengths, folds)
         digests = {p.name: sha256sum(p) for p in sdk_csd.locate(raw_path).values()}
-    arrays, summary = prepare.prepare(raw, lengths, source)
+    if source in ("mult_pkl", "mmsa_pkl"):
+        extra["verified"] = _verification(data_cfg, digests[raw_path.name])
+    label_rule = data_cfg.get("label_rule", "round")
+    arrays, summary = prepare.prepare(raw, lengths, source, label_rule=label_rule, padding=padding)
     del raw
+    summary["dataset"] = dataset if source != "synthetic" else "synthetic (MOSEI-like shapes and labels)"
     summary["raw"] = {"path": str(raw_path), "sha256": digests, **extra}
     summary["source_config"] = data_cfg[source]
+    expected = None if source == "synthetic" else catalogue.expected_sizes(dataset, source)
+    verdict, warnings = catalogue.compare_sizes(summary["n"], expected, f"{dataset} through {source}")
+    for line in warnings:
+        log.warning("%s (a subset is fine; a different file is not: check the path)", line)
+    summary["expected_sizes"] = {"expected": expected, "read": summary["n"], "verdict": verdict, "warnings": warnings}
     prepare.write_h5(arrays, summary, out_h5)
     write_json(summary_json, summary)
     log.info("prepared %s: %s samples per split -> %s", source, summary["n"], out_h5)
@@ -127,14 +170,37 @@ def _source(data_cfg: dict) -> str:
 
 
 def _local_file(path: Path, sha256: str | None) -> Path:
-    """A user-supplied raw file: it must exist and match the checksum when one is given."""
+    """A user-supplied raw file: it must exist and match the checksum when one is given
+    (without one, a warning says the file is unverified)."""
     if not path.is_file():
         raise DataError(f"{path}: configured raw data file does not exist")
     if sha256:
         actual = sha256sum(path)
         if actual != sha256.lower():
-            raise DataError(f"{path}: sha256 mismatch: expected {sha256.lower()}, got {actual}")
+            known = catalogue.PUBLISHED_SHA256.get(actual)
+            hint = f"; it is the published {known}" if known else ""
+            raise DataError(f"{path}: sha256 mismatch: expected {sha256.lower()}, got {actual}{hint}")
+    else:
+        log.warning("%s: no sha256 configured to check it against: the file is unverified", path)
     return path
+
+
+def _verification(data_cfg: dict, actual: str) -> str:
+    """What the summary says about the raw pickle's checksum."""
+    known = catalogue.PUBLISHED_SHA256.get(actual)
+    if known and "SIMS" in known:
+        raise DataError(f"{known}: CH-SIMS labels lie in [-1, 1] and 7-class accuracy is not defined for them")
+    expected = expected_sha256(data_cfg)
+    if expected and actual == expected:
+        return f"matches the configured sha256{f' (published for {known})' if known else ''}"
+    if expected:
+        raise DataError(
+            f"{data_cfg['source']}: the raw file's sha256 {actual} differs from the configured {expected}: "
+            "run the `download` step again"
+        )
+    if known:
+        return f"unverified against the configuration, but it is the published {known}"
+    return "unverified: no sha256 configured and not a published file"
 
 
 def _csd_checksum(checksums: dict[str, str], key: str) -> str | None:

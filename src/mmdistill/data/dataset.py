@@ -10,6 +10,7 @@ as the reference implementation's dataset does (Tian et al., RepDistiller,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from mmdistill.data import N_CLASSES, SPLITS
-from mmdistill.modalities import FEATURE_DIM, FILE_KEY, MODALITIES
+from mmdistill.modalities import FILE_KEY, MODALITIES
 
 
 class DataError(ValueError):
@@ -66,6 +67,11 @@ class SplitData:
     def lengths(self) -> dict[str, int]:
         """Padded sequence length per modality."""
         return {m: int(x.shape[1]) for m, x in self.inputs.items()}
+
+    @property
+    def feature_dims(self) -> dict[str, int]:
+        """Feature width per modality."""
+        return {m: int(x.shape[2]) for m, x in self.inputs.items()}
 
     def to(self, device: torch.device | str) -> SplitData:
         """The split with every tensor on ``device`` (batches are then cut on the device)."""
@@ -180,13 +186,12 @@ def load_split(path: str | Path, split: str) -> SplitData:
         n = g["label"].shape[0]
         if n == 0:
             raise DataError(f"{path}: split '{split}' is empty")
+        dims = _feature_dims(f, path)
         inputs = {}
         for m in MODALITIES:
             arr = g[FILE_KEY[m]][...]
-            if arr.ndim != 3 or arr.shape[0] != n or arr.shape[2] != FEATURE_DIM[m]:
-                raise DataError(
-                    f"{path}: {split}/{FILE_KEY[m]} has shape {arr.shape}; expected ({n}, T, {FEATURE_DIM[m]})"
-                )
+            if arr.ndim != 3 or arr.shape[0] != n or arr.shape[2] != dims[m]:
+                raise DataError(f"{path}: {split}/{FILE_KEY[m]} has shape {arr.shape}; expected ({n}, T, {dims[m]})")
             if not np.isfinite(arr).all():
                 raise DataError(f"{path}: {split}/{FILE_KEY[m]} holds NaN or inf (prepare cleans them)")
             inputs[m] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
@@ -206,3 +211,32 @@ def load_split(path: str | Path, split: str) -> SplitData:
         torch.from_numpy(score),
         seg,
     )
+
+
+def read_feature_dims(path: str | Path) -> dict[str, int]:
+    """Feature width of each modality recorded in a prepared HDF5 file: letter -> width."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no prepared data file (run the `prepare` step first)")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be opened as HDF5 ({exc})") from exc
+    with f:
+        return _feature_dims(f, path)
+
+
+def _feature_dims(f: h5py.File, path: Path) -> dict[str, int]:
+    raw = f.attrs.get("feature_dims")
+    if raw is None:
+        raise DataError(
+            f"{path}: records no feature widths (format_version {f.attrs.get('format_version')}; "
+            "written before widths came from the data): run the `prepare` step again"
+        )
+    try:
+        dims = json.loads(raw)
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: attribute feature_dims is not JSON ({exc})") from exc
+    if not isinstance(dims, dict) or any(not isinstance(dims.get(m), int) or dims[m] < 1 for m in MODALITIES):
+        raise DataError(f"{path}: attribute feature_dims must give a positive width for {MODALITIES}, got {dims!r}")
+    return {m: dims[m] for m in MODALITIES}

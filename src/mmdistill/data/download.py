@@ -89,6 +89,8 @@ def fetch(
             failures.append((url, str(exc)))
             continue
         part.replace(dest)
+        if sha256 is None:
+            log.warning("%s: downloaded from %s with no sha256 to check: the file is unverified", dest, url)
         return dest
     tried = "\n".join(f"  {url}: {reason}" for url, reason in failures)
     raise DownloadError(f"could not download {dest.name} to {dest}; tried:\n{tried}")

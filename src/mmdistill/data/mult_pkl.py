@@ -1,9 +1,10 @@
 """Reader for MulT's unaligned CMU-MOSEI pickle (``mosei_senti_data_noalign.pkl``).
 
 Layout (Tsai et al. 2019, yaohungt/Multimodal-Transformer, ``src/dataset.py``): a dict
-``split -> {text (N,T,300), audio (N,T,74), vision (N,T,35), labels (N,1,1), id}`` for the
+``split -> {text (N,T,D_L), audio (N,T,D_A), vision (N,T,D_V), labels (N,1,1), id}`` for the
 splits ``train``, ``valid``, ``test``; sequences are zero left-padded; ``id`` rows are
-``(video_id, start, end)`` in the MOSEI pickles.
+``(video_id, start, end)`` in the MOSEI pickles. Widths come from the file (MOSEI: 300 / 74 / 35;
+MOSI's ``mosi_data_noalign.pkl``: 300 / 5 / 20); the prepare step checks they agree across splits.
 
 Security: unpickling can run arbitrary code. Only use pickles from a source you trust. This
 reader lowers the risk with a restricted unpickler that rebuilds only numpy arrays, numpy
@@ -22,7 +23,7 @@ import numpy as np
 
 from mmdistill.data import SPLITS
 from mmdistill.data.dataset import DataError
-from mmdistill.modalities import FEATURE_DIM, FILE_KEY, MODALITIES
+from mmdistill.modalities import FILE_KEY, MODALITIES
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,12 @@ def load(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
     a missing split or key, or a wrong shape.
     """
     path = Path(path)
+    return check(unpickle(path), str(path))
+
+
+def unpickle(path: Path) -> object:
+    """Unpickle ``path`` with :class:`ArrayUnpickler`; a truncated or malformed file is a
+    :class:`DataError` naming it."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
@@ -87,7 +94,7 @@ def load(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
         if "truncated" in str(exc):  # e.g. "pickle data was truncated"
             raise DataError(f"{path}: truncated pickle ({exc})") from exc
         raise DataError(f"{path}: malformed pickle ({type(exc).__name__}: {exc})") from exc
-    return check(obj, str(path))
+    return obj
 
 
 def check(obj: object, name: str) -> dict[str, dict[str, np.ndarray]]:
@@ -97,7 +104,17 @@ def check(obj: object, name: str) -> dict[str, dict[str, np.ndarray]]:
     missing = [s for s in SPLITS if s not in obj]
     if missing:
         raise DataError(f"{name}: missing splits {missing} (has: {sorted(map(str, obj))})")
-    return {split: _check_split(obj[split], f"{name}: split '{split}'", split) for split in SPLITS}
+    out = {split: _check_split(obj[split], f"{name}: split '{split}'", split) for split in SPLITS}
+    first = SPLITS[0]
+    for split in SPLITS[1:]:
+        for m in MODALITIES:
+            key = FILE_KEY[m]
+            if out[split][key].shape[2] != out[first][key].shape[2]:
+                raise DataError(
+                    f"{name}: split '{split}': '{key}' has shape {out[split][key].shape}; "
+                    f"split '{first}' has {out[first][key].shape[2]} features per step"
+                )
+    return out
 
 
 def _check_split(d: object, where: str, split: str) -> dict[str, np.ndarray]:
@@ -114,8 +131,8 @@ def _check_split(d: object, where: str, split: str) -> dict[str, np.ndarray]:
         arr = d[key]
         if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
             raise DataError(f"{where}: '{key}' must be a numeric numpy array, found {_describe(arr)}")
-        if arr.ndim != 3 or arr.shape[2] != FEATURE_DIM[m]:
-            raise DataError(f"{where}: '{key}' has shape {arr.shape}; expected (N, T, {FEATURE_DIM[m]})")
+        if arr.ndim != 3 or arr.shape[2] < 1:
+            raise DataError(f"{where}: '{key}' has shape {arr.shape}; expected (N, T, D)")
         if n is None:
             n = arr.shape[0]
         elif arr.shape[0] != n:

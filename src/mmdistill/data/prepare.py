@@ -1,18 +1,31 @@
-"""From a raw data set (MulT pickle layout) to the prepared arrays and HDF5 of :mod:`mmdistill.data`.
+"""From a raw data set to the prepared arrays and HDF5 of :mod:`mmdistill.data`.
+
+The raw data set is ``split -> {text, audio, vision (N, T_raw, D_m), labels (N, ...), id (N,)}``
+(MulT's pickle layout; the other readers produce it too), plus, for right-padded sources, the
+true length of every sequence under ``lengths`` (``{modality letter: (N,) int}``).
 
 Rules, applied per split and modality (all recorded in the summary):
 
-* Length: a sequence keeps its last ``T`` steps, or is left-padded with zero rows up to ``T``.
-  Its true length is the number of rows from the first row that is not all zero to the end
-  (leading all-zero rows are padding, as in MulT's pickles), clipped to ``T``. NaN counts as
-  non-zero, so a row of NaN is data, not padding.
-* Cleaning: NaN, +inf and -inf are replaced with 0 (MulT's reference replaces audio -inf with
-  0 too); the counts of each, and of rows that were entirely NaN, are reported.
+* Widths: each modality keeps the feature width of the data (any ``D_m``), which must be the
+  same in every split; the HDF5 records it (``feature_dims``) and every model is built from it.
+* Length: a sequence keeps its last ``T`` true steps, left-padded with zero rows up to ``T``.
+
+  - ``padding='left'`` (MulT's pickles, the synthetic data, the ``.csd`` reader): the true length
+    is the number of rows from the first row that is not all zero to the end (leading
+    all-zero rows are padding). NaN counts as non-zero, so a row of NaN is data.
+  - ``padding='right'`` (MMSA's pickles): the true steps are the first ``length[i]`` rows, as
+    the source states them; rows after them are padding and dropped, even if not zero (they
+    are counted). A stated length beyond the stored rows is clipped to them (counted). The
+    true steps are moved to the end, so every prepared file is left-padded.
+* Cleaning: NaN, +inf and -inf in the kept window are replaced with 0 (MulT's reference
+  replaces audio -inf with 0 too); the counts of each, and of rows that were entirely NaN,
+  are reported.
 * Labels: a label that is NaN or outside [-3, 3] (beyond a 1e-4 tolerance for float error) is
-  an error naming the split and the count, since MOSEI sentiment lies in [-3, 3]. Otherwise
-  ``label = clip(label, -3, 3)`` and ``label7 = numpy.round(label) + 3``: numpy rounds halves
-  to even, so -2.5 -> -2 (class 1), 0.5 -> 0 (class 3), 1.5 -> 2 (class 5), 2.5 -> 2 (class 5),
-  the same rule MulT's ``eval_metrics.py`` uses for acc7.
+  an error naming the split and the count, since MOSEI and MOSI sentiment lies in [-3, 3].
+  Otherwise ``label = clip(label, -3, 3)`` and ``label7`` = its class by the label rule
+  (:data:`mmdistill.data.catalogue.LABEL_RULES`) + 3. The default ``round`` is
+  ``numpy.round``, which rounds halves to even: -2.5 -> -2 (class 1), 0.5 -> 0 (class 3),
+  1.5 -> 2 (class 5), 2.5 -> 2 (class 5), the rule of MulT's ``eval_metrics.py`` for acc7.
 """
 
 from __future__ import annotations
@@ -24,43 +37,74 @@ import h5py
 import numpy as np
 
 from mmdistill.data import FORMAT_VERSION, N_CLASSES, SPLITS
+from mmdistill.data.catalogue import LABEL_RULES, classes
 from mmdistill.data.dataset import DataError
 from mmdistill.io import atomic_path
-from mmdistill.modalities import FEATURE_DIM, FILE_KEY, MODALITIES
+from mmdistill.modalities import FILE_KEY, MODALITIES
 
 LABEL_KEY = "labels"
 ID_KEY = "id"
+LENGTHS_KEY = "lengths"
 LABEL_TOLERANCE = 1e-4
-ROUNDING = "label7 = numpy.round(clip(label, -3, 3)) + 3; numpy rounds halves to even (-2.5 -> -2, 0.5 -> 0, 1.5 -> 2)"
-LABEL_RULE = "labels that are NaN or outside [-3, 3] (tolerance 1e-4) are an error"
+ROUNDING = LABEL_RULES["round"]
+LABEL_CHECKS = "labels that are NaN or outside [-3, 3] (tolerance 1e-4) are an error"
+PADDING = {
+    "left": "left-padded source: the true length counts the rows from the first row that is not all zero "
+    "to the end; the last T true rows are kept, left zero-padded",
+    "right": "right-padded source with stated lengths: the first `length` rows of each sequence are its "
+    "true steps (rows after them dropped, counted as nonzero_after_length when not all zero; a length "
+    "beyond the stored rows clipped, counted as length_beyond_stored); the last T true rows are kept "
+    "and moved to the end, left zero-padded like every prepared file",
+}
 _ROW_CHUNK = 1024  # samples per chunk when scanning for padding rows
 
 
 def prepare(
-    raw: dict[str, dict[str, np.ndarray]], lengths: dict[str, int], source: str
+    raw: dict[str, dict[str, np.ndarray]],
+    lengths: dict[str, int],
+    source: str,
+    *,
+    label_rule: str = "round",
+    padding: str = "left",
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
     """Cut/pad, clean and discretize ``raw``; return ``(arrays per split, summary)``.
 
-    ``raw`` is ``split -> {text, audio, vision (N, T_raw, D), labels (N, ...), id (N,)}``.
-    The returned arrays per split are ``vision/audio/text`` float32 ``(N, T_m, D)``,
+    ``raw`` is ``split -> {text, audio, vision (N, T_raw, D), labels (N, ...), id (N,)}``, with
+    ``lengths`` ``{modality letter: (N,) int}`` when ``padding='right'``.
+    The returned arrays per split are ``vision/audio/text`` float32 ``(N, T_m, D_m)``,
     ``length`` int32 ``(N, 3)`` (columns V, A, L), ``label`` float32 ``(N,)``, ``label7``
     int64 ``(N,)`` and ``segment_id`` (list of str). ``raw`` is not modified.
     """
     for m in MODALITIES:
         if not isinstance(lengths.get(m), int) or lengths[m] < 1:
             raise ValueError(f"lengths[{m!r}] must be a positive integer, got {lengths.get(m)!r}")
+    if label_rule not in LABEL_RULES:
+        raise ValueError(f"unknown label rule {label_rule!r}; expected one of {sorted(LABEL_RULES)}")
+    if padding not in PADDING:
+        raise ValueError(f"padding must be one of {sorted(PADDING)}, got {padding!r}")
     missing = [s for s in SPLITS if s not in raw]
     if missing:
         raise DataError(f"raw data lacks splits {missing}")
     arrays, per_split = {}, {}
     for split in SPLITS:
-        arrays[split], per_split[split] = prepare_split(raw[split], lengths, split)
+        arrays[split], per_split[split] = prepare_split(raw[split], lengths, split, label_rule, padding)
+    dims = {m: int(arrays[SPLITS[0]][FILE_KEY[m]].shape[2]) for m in MODALITIES}
+    for split in SPLITS[1:]:
+        for m in MODALITIES:
+            d = int(arrays[split][FILE_KEY[m]].shape[2])
+            if d != dims[m]:
+                raise DataError(
+                    f"split '{split}': '{FILE_KEY[m]}' has {d} features per step, split '{SPLITS[0]}' has {dims[m]}"
+                )
     summary = {
         "source": source,
         "format_version": FORMAT_VERSION,
         "lengths": {m: lengths[m] for m in MODALITIES},
-        "rounding": ROUNDING,
-        "label_rule": LABEL_RULE,
+        "feature_dims": dims,
+        "padding": PADDING[padding],
+        "label_rule": label_rule,
+        "rounding": LABEL_RULES[label_rule],
+        "label_checks": LABEL_CHECKS,
         "cleaning": "NaN, +inf and -inf replaced with 0; counts per split and modality below",
         "n": {s: per_split[s]["n"] for s in SPLITS},
         "splits": per_split,
@@ -68,7 +112,13 @@ def prepare(
     return arrays, summary
 
 
-def prepare_split(d: dict[str, np.ndarray], lengths: dict[str, int], split: str) -> tuple[dict[str, np.ndarray], dict]:
+def prepare_split(
+    d: dict[str, np.ndarray],
+    lengths: dict[str, int],
+    split: str,
+    label_rule: str = "round",
+    padding: str = "left",
+) -> tuple[dict[str, np.ndarray], dict]:
     """One split: see :func:`prepare`."""
     need = [FILE_KEY[m] for m in MODALITIES] + [LABEL_KEY, ID_KEY]
     lacking = [k for k in need if k not in d]
@@ -78,15 +128,26 @@ def prepare_split(d: dict[str, np.ndarray], lengths: dict[str, int], split: str)
     if n == 0:
         raise DataError(f"split '{split}' is empty")
     out: dict[str, np.ndarray] = {}
-    stats: dict = {"n": n, "nonfinite": {}, "zero_length": {}, "truncated": {}, "mean_length": {}}
+    stats: dict = {"n": n, "stored_steps": {}, "nonfinite": {}, "zero_length": {}, "truncated": {}, "mean_length": {}}
+    if padding == "right":
+        stats["nonzero_after_length"] = {}
+        stats["length_beyond_stored"] = {}
     length = np.zeros((n, len(MODALITIES)), dtype=np.int32)
     for j, m in enumerate(MODALITIES):
         key = FILE_KEY[m]
         x = np.asarray(d[key])
-        if x.ndim != 3 or x.shape[0] != n or x.shape[2] != FEATURE_DIM[m]:
-            raise DataError(f"split '{split}': '{key}' has shape {x.shape}; expected ({n}, T, {FEATURE_DIM[m]})")
-        raw_len = true_lengths(x)  # (N,)
-        x = fit_length(x, lengths[m])  # (N, T_m, D) float32, a copy
+        if x.ndim != 3 or x.shape[0] != n or x.shape[2] < 1:
+            raise DataError(f"split '{split}': '{key}' has shape {x.shape}; expected ({n}, T, D)")
+        stats["stored_steps"][m] = int(x.shape[1])
+        if padding == "left":
+            raw_len = true_lengths(x)  # (N,)
+            x = fit_length(x, lengths[m])  # (N, T_m, D) float32, a copy
+        else:
+            given = _given_lengths(d, m, n, split)
+            stats["length_beyond_stored"][m] = int((given > x.shape[1]).sum())
+            raw_len = np.minimum(given, x.shape[1])
+            stats["nonzero_after_length"][m] = nonzero_after(x, raw_len)
+            x = fit_right_padded(x, raw_len, lengths[m])
         stats["nonfinite"][m] = clean_(x)
         length[:, j] = np.minimum(raw_len, lengths[m])
         stats["zero_length"][m] = int((raw_len == 0).sum())
@@ -94,13 +155,25 @@ def prepare_split(d: dict[str, np.ndarray], lengths: dict[str, int], split: str)
         stats["mean_length"][m] = round(float(length[:, j].mean()), 3)
         out[key] = x
     out["length"] = length
-    out["label"], out["label7"] = discretize(d[LABEL_KEY], split)
+    out["label"], out["label7"] = discretize(d[LABEL_KEY], split, label_rule)
     stats["class_histogram"] = np.bincount(out["label7"], minlength=N_CLASSES).tolist()
     ids = np.asarray(d[ID_KEY])
     if ids.shape != (n,):
         raise DataError(f"split '{split}': 'id' has shape {ids.shape}; expected ({n},)")
     out["segment_id"] = [s.decode() if isinstance(s, bytes) else str(s) for s in ids]
     return out, stats
+
+
+def _given_lengths(d: dict, m: str, n: int, split: str) -> np.ndarray:
+    given = d.get(LENGTHS_KEY, {}).get(m)
+    if given is None:
+        raise DataError(f"split '{split}': a right-padded source needs the true length of every '{FILE_KEY[m]}' row")
+    given = np.asarray(given)
+    if given.shape != (n,) or given.dtype.kind not in "iuf" or not np.isfinite(given).all():
+        raise DataError(f"split '{split}': lengths of '{FILE_KEY[m]}' must be {n} numbers, found {given.shape}")
+    if (given < 0).any() or (given != np.round(given)).any():
+        raise DataError(f"split '{split}': lengths of '{FILE_KEY[m]}' must be whole numbers >= 0")
+    return given.astype(np.int64)
 
 
 def true_lengths(x: np.ndarray) -> np.ndarray:
@@ -123,6 +196,43 @@ def fit_length(x: np.ndarray, T: int) -> np.ndarray:
     return out
 
 
+def fit_right_padded(x: np.ndarray, length: np.ndarray, T: int) -> np.ndarray:
+    """Right-padded (N, T_raw, D) with true lengths (N,) -> the last ``T`` true rows of each
+    sequence at the end, left zero-padded: (N, T, D) float32. ``length`` must be <= T_raw."""
+    n, t_raw, dim = x.shape
+    out = np.zeros((n, T, dim), dtype=np.float32)
+    if t_raw == 0:
+        return out
+    steps = np.arange(T)
+    for lo in range(0, n, _ROW_CHUNK):
+        src = length[lo : lo + _ROW_CHUNK, None] - T + steps  # (n_chunk, T) source row of each output row
+        valid = src >= 0
+        rows = np.take_along_axis(x[lo : lo + _ROW_CHUNK], np.clip(src, 0, t_raw - 1)[..., None], axis=1)
+        out[lo : lo + _ROW_CHUNK] = np.where(valid[..., None], rows, 0)
+    return out
+
+
+def nonzero_after(x: np.ndarray, length: np.ndarray) -> int:
+    """Samples of a right-padded (N, T_raw, D) with a row after ``length`` that is not all zero."""
+    n, t_raw, _ = x.shape
+    count = 0
+    for lo in range(0, n, _ROW_CHUNK):
+        pad = np.arange(t_raw)[None, :] >= length[lo : lo + _ROW_CHUNK, None]  # (n_chunk, T_raw)
+        data = (x[lo : lo + _ROW_CHUNK] != 0).any(axis=-1)  # NaN != 0
+        count += int((data & pad).any(axis=1).sum())
+    return count
+
+
+def trailing_lengths(x: np.ndarray) -> np.ndarray:
+    """Rows up to the last not-all-zero row, per sample (right padding): (N, T, D) -> (N,) int64."""
+    n, T, _ = x.shape
+    last = np.empty(n, dtype=np.int64)
+    for lo in range(0, n, _ROW_CHUNK):
+        data = (x[lo : lo + _ROW_CHUNK] != 0).any(axis=-1)[:, ::-1]  # (n_chunk, T), reversed
+        last[lo : lo + _ROW_CHUNK] = np.where(data.any(axis=1), T - data.argmax(axis=1), 0)
+    return last
+
+
 def clean_(x: np.ndarray) -> dict[str, int]:
     """Replace NaN and +-inf with 0 in place; return their counts and all-NaN rows."""
     nan = np.isnan(x)
@@ -136,8 +246,8 @@ def clean_(x: np.ndarray) -> dict[str, int]:
     return counts
 
 
-def discretize(labels: np.ndarray, split: str = "?") -> tuple[np.ndarray, np.ndarray]:
-    """Continuous labels (N, ...) -> (clipped float32 (N,), class index int64 (N,) in 0..6)."""
+def discretize(labels: np.ndarray, split: str = "?", rule: str = "round") -> tuple[np.ndarray, np.ndarray]:
+    """Continuous labels (N, ...) -> (clipped float32 (N,), class index int64 (N,) in 0..6) by ``rule``."""
     y = np.asarray(labels, dtype=np.float64).reshape(len(labels), -1)
     if y.shape[1] != 1:
         raise DataError(f"split '{split}': labels have shape {np.shape(labels)}; expected one per sample")
@@ -150,10 +260,10 @@ def discretize(labels: np.ndarray, split: str = "?") -> tuple[np.ndarray, np.nda
         bad = y[outside]
         raise DataError(
             f"split '{split}': {int(outside.sum())} labels lie outside [-3, 3] "
-            f"(min {bad.min():.4g}, max {bad.max():.4g}); MOSEI sentiment is within [-3, 3]"
+            f"(min {bad.min():.4g}, max {bad.max():.4g}); MOSEI and MOSI sentiment is within [-3, 3]"
         )
     y = np.clip(y, -3.0, 3.0)
-    label7 = (np.round(y) + 3).astype(np.int64)
+    label7 = classes(y, rule) + 3
     return y.astype(np.float32), label7
 
 
@@ -164,7 +274,9 @@ def write_h5(arrays: dict[str, dict[str, np.ndarray]], summary: dict, out_h5: st
         with h5py.File(tmp, "w") as f:
             f.attrs["source"] = summary["source"]
             f.attrs["lengths"] = json.dumps(summary["lengths"])
-            f.attrs["rounding"] = ROUNDING
+            f.attrs["rounding"] = summary["rounding"]
+            f.attrs["label_rule"] = summary["label_rule"]
+            f.attrs["feature_dims"] = json.dumps(summary["feature_dims"])
             f.attrs["format_version"] = FORMAT_VERSION
             for split in SPLITS:
                 a = arrays[split]

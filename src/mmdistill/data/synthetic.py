@@ -106,8 +106,10 @@ def generate(
     lengths: dict[str, int],
     rng: np.random.Generator,
     model: GenerativeModel = GenerativeModel(),
+    feature_dims: dict[str, int] = FEATURE_DIM,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Draw a synthetic data set in MulT pickle layout (see the module docstring)."""
+    """Draw a synthetic data set in MulT pickle layout (see the module docstring); feature
+    widths ``feature_dims`` (default MulT's MOSEI widths, 35 / 74 / 300)."""
     sizes = {"train": n_train, "valid": n_valid, "test": n_test}
     for split, n in sizes.items():
         if n < 1:
@@ -116,7 +118,7 @@ def generate(
         if lengths.get(m, 0) < 1:
             raise ValueError(f"lengths[{m!r}] must be a positive integer, got {lengths.get(m)}")
     n = sum(sizes.values())
-    world = {m: _modality_world(FEATURE_DIM[m], rng) for m in MODALITIES}
+    world = {m: _modality_world(feature_dims[m], rng) for m in MODALITIES}
 
     # latent factors and labels
     c = rng.standard_normal(n)  # (N,)
@@ -138,7 +140,7 @@ def generate(
     amp_c, amp_p = dict(model.amp_common), dict(model.amp_private)
     arrays = {}
     for m in MODALITIES:
-        T, D = lengths[m], FEATURE_DIM[m]
+        T, D = lengths[m], feature_dims[m]
         true_len = np.clip(np.round(frac * T), 1, T).astype(np.int64)  # (N,)
         start = T - true_len  # first true row
         t = np.arange(T, dtype=np.float64)

@@ -41,9 +41,15 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def build_teacher(cfg: ModelConfig, branches: tuple[str, ...]) -> MulTTeacher:
-    """A teacher with the given branches (('V', 'A', 'L') = Complete Teacher Network)."""
-    return MulTTeacher(cfg, tuple(branches))
+def build_teacher(
+    cfg: ModelConfig, branches: tuple[str, ...], feature_dims: dict[str, int] | None = None
+) -> MulTTeacher:
+    """A teacher with the given branches (('V', 'A', 'L') = Complete Teacher Network).
+
+    ``feature_dims``: input width per modality, from the data (the pipeline always passes the
+    widths its prepared file records); None means MulT's MOSEI widths, those of the synthetic
+    data (:data:`mmdistill.modalities.FEATURE_DIM`)."""
+    return MulTTeacher(cfg, tuple(branches), _dims(feature_dims))
 
 
 def build_student(
@@ -52,8 +58,21 @@ def build_student(
     input_modality: str = "V",
     target_lengths: dict[str, int] | None = None,
     proxy: str = "down",
+    feature_dims: dict[str, int] | None = None,
 ) -> UnimodalStudent:
     """The student of a paper configuration ('complete', 'video', 'language', 'audio',
-    'language_audio'); ``target_lengths`` are the teacher's lengths per modality."""
+    'language_audio'); ``target_lengths`` are the teacher's lengths per modality;
+    ``feature_dims`` as in :func:`build_teacher`."""
     conf = get_configuration(configuration_key)
-    return UnimodalStudent(cfg, conf.student_transformers, input_modality, target_lengths, proxy)
+    return UnimodalStudent(cfg, conf.student_transformers, input_modality, target_lengths, proxy, _dims(feature_dims))
+
+
+def _dims(feature_dims: dict[str, int] | None) -> dict[str, int]:
+    from mmdistill.modalities import FEATURE_DIM, MODALITIES
+
+    if feature_dims is None:
+        return dict(FEATURE_DIM)
+    bad = [m for m in MODALITIES if not isinstance(feature_dims.get(m), int) or feature_dims[m] < 1]
+    if bad:
+        raise ValueError(f"feature_dims must give a positive int width for {list(MODALITIES)}, got {feature_dims}")
+    return {m: int(feature_dims[m]) for m in MODALITIES}

@@ -205,10 +205,18 @@ def _num(x: float, fmt: str = "{:.3f}") -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
 
-def to_markdown(table: pd.DataFrame, ratios: dict[str, Any] | None, profile: dict[str, Any], source: str) -> str:
+def to_markdown(
+    table: pd.DataFrame,
+    ratios: dict[str, Any] | None,
+    profile: dict[str, Any],
+    source: str,
+    label_rule: str = "round",
+) -> str:
+    from mmdistill.data.catalogue import LABEL_RULE_SHORT
+
     paired = "d_acc" in table  # columns of mmdistill.report.stats.add_paired_stats
     lines = [
-        f"# Table 1 — data: `{source}`",
+        f"# Table 1 — data: `{source}`; 7 classes: {LABEL_RULE_SHORT[label_rule]} (label rule `{label_rule}`)",
         "",
         "Accuracy and weighted F1 on the test split in percent, mean ± std over seeds; "
         "the paper's values (CMU-MOSEI unaligned) beside ours. Latency: median inference time per "
