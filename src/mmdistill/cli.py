@@ -84,7 +84,9 @@ def cmd_prepare(args) -> int:
 
 def cmd_train(args) -> int:
     from mmdistill.experiment import train_run
+    from mmdistill.train.timing import JobTimer, process_started_at
 
+    timer = JobTimer(process_started_at())
     reg = _registry(args)
     run = Run(args.role, args.name, args.seed)
     reg.spec(run)  # unknown names fail here, naming the key
@@ -92,8 +94,9 @@ def cmd_train(args) -> int:
         raise ParamsError(f"seed {args.seed} is not in seeds {list(reg.seeds)}")
     teacher = reg.teacher_run(run)
     reg.require([(reg.prepared(), "prepare")] + ([(reg.checkpoint(teacher), reg.run_step(teacher))] if teacher else []))
+    timer.add("startup", time.time() - timer.started_at)  # interpreter, imports, parameters
     t0 = time.perf_counter()
-    m = train_run(reg, run, progress=not args.quiet)
+    m = train_run(reg, run, progress=not args.quiet, timer=timer)
     log.info(
         "%s: test acc7 %.4f, weighted F1 %.4f (%d epochs, %.1f s)",
         run.id,
