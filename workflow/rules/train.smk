@@ -1,5 +1,11 @@
 # Training: every teacher and every student row, once per seed.
 # No `conda:` or `container:` per rule: see the note on `snakemake --lint` in the Snakefile.
+from mmdistill.schedule import priority as job_priority
+
+
+def _priority(role):
+    # longest chain of work first (mmdistill.schedule): no core idles at the end on a late long job
+    return lambda w: job_priority(REG, Run(role, w.name, int(w.seed)))
 
 
 rule train_teacher:
@@ -9,6 +15,7 @@ rule train_teacher:
         **run_outputs("teacher"),
     log:
         str(REG.log(Run("teacher", "{name}", "{seed}"))),
+    priority: _priority("teacher")
     threads: config["train"]["threads"]
     resources:
         gpu=1,
@@ -29,6 +36,7 @@ rule train_student:
         **run_outputs("student"),
     log:
         str(REG.log(Run("student", "{name}", "{seed}"))),
+    priority: _priority("student")
     threads: config["train"]["threads"]
     resources:
         gpu=1,
