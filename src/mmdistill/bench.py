@@ -13,7 +13,10 @@
 
 at the configured (default) sizes and at MOSEI's full lengths with the paper-size model;
 and (``--what rows``) the training cost of every student row of the registry through the
-pipeline's own loop, against a no-KD student of the same architecture (:func:`row_costs`).
+pipeline's own loop, against a no-KD student of the same architecture (:func:`row_costs`);
+(``--what jobs``) one whole pipeline job of each kind split into start-up, data, teacher,
+steps, evaluation and writing (:func:`job_split`); (``--what run``) the schedule of a
+finished run read back from its jobs' metrics (:func:`run_timeline`).
 Results go to ``results/bench.json`` and ``results/bench.md``.
 """
 
@@ -434,6 +437,10 @@ def to_markdown(r: dict[str, Any]) -> str:
         parts.append(steps_markdown(r))
     if "row_costs" in r:
         parts.append(rows_markdown(r["row_costs"]))
+    if "job_split" in r:
+        parts.append(jobs_markdown(r["job_split"]))
+    if "timeline" in r:
+        parts.append(timeline_markdown(r["timeline"]))
     return "\n".join(parts)
 
 
@@ -487,4 +494,246 @@ def steps_markdown(r: dict[str, Any]) -> str:
             f"{inf['student']['b1_ms']:.2f} | {inf['student_over_teacher_b1']:.2f} | {inf['teacher']['b32_ms']:.2f} | "
             f"{inf['student']['b32_ms']:.2f} | {e['ratios']['attention_kd_over_nokd_step']:.2f} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- where a whole job's time goes
+JOB_KINDS = ("teacher", "student_nokd", "student_output_kd", "student_attention_kd")
+
+
+def pick_jobs(reg) -> dict[str, Any]:
+    """One run of each kind (seed ``reg.seeds[0]``): the teacher most student rows distil from,
+    the first no-KD row, and the first output-level (Hinton KD, else the first at level
+    ``final``) and attention-level rows that distil from that teacher."""
+    from mmdistill.registry import Run
+
+    seed = reg.seeds[0]
+    students = [Run("student", n, seed) for n in reg.students]
+    distilled = [r for r in students if reg.spec(r).distils]
+    if not distilled:
+        raise ValueError("bench --what jobs needs a distilled student row (students with a teacher)")
+    counts: dict[str, int] = {}
+    for r in distilled:
+        counts[reg.spec(r).teacher] = counts.get(reg.spec(r).teacher, 0) + 1
+    teacher = max(counts, key=counts.get)
+
+    def first(level: str | None, distils: bool) -> Any:
+        for r in students:
+            spec = reg.spec(r)
+            if spec.distils == distils and (not distils or (spec.teacher == teacher and spec.level == level)):
+                return r
+        return None
+
+    hinton = [r for r in distilled if reg.spec(r).teacher == teacher and reg.spec(r).method == "hinton"]
+    jobs = {
+        "teacher": Run("teacher", teacher, seed),
+        "student_nokd": first(None, False),
+        "student_output_kd": hinton[0] if hinton else first("final", True),
+        "student_attention_kd": first("attention", True),
+    }
+    return {k: r for k, r in jobs.items() if r is not None}
+
+
+def job_split(reg, *, keep: str | None = None, log=print) -> dict[str, Any]:
+    """Run one whole training job of each kind (:func:`pick_jobs`) exactly as the pipeline
+    does -- ``python -m mmdistill train ...`` in a fresh process, one after another -- and
+    split each job's wall time into the phases it records (:mod:`mmdistill.train.timing`).
+
+    The jobs run in a scratch directory (``keep``, or a temporary one) holding the
+    parameters (overrides merged) and the prepared data: linked from this project when it
+    exists, otherwise downloaded and prepared there first (timed apart). The wall time is
+    taken by this process around each job; ``other`` is what no phase covers (interpreter
+    shutdown included). The students distil from the teacher trained here.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    from mmdistill.registry import Registry
+    from mmdistill.train.timing import OUTSIDE_STEPS, PHASES
+
+    jobs = pick_jobs(reg)
+    tmp = tempfile.TemporaryDirectory(prefix="mmdistill-bench-jobs-") if keep is None else None
+    work = Path(keep if keep is not None else tmp.name).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "params.yaml").write_text(yaml.safe_dump(reg.params, sort_keys=False))
+    scratch = Registry.from_file(work / "params.yaml")
+    out: dict[str, Any] = {"threads": reg.params["train"]["threads"], "jobs": {}, "phases": list(PHASES)}
+
+    def cli(*args: str) -> float:
+        cmd = [sys.executable, "-m", "mmdistill", *args, "--params", "params.yaml", "--quiet"]
+        t0 = time.time()
+        proc = subprocess.run(cmd, cwd=work, env=dict(os.environ), capture_output=True, text=True)
+        wall = time.time() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}) in {work}:\n{proc.stderr[-4000:]}")
+        return wall
+
+    try:
+        src = reg.prepared().resolve()
+        if src.exists():
+            for p in (scratch.prepared(), scratch.data_summary()):
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.unlink(missing_ok=True)
+                p.symlink_to((reg.prepared().parent / p.name).resolve())
+            out["data_preparation_s"] = None
+        else:
+            log(f"[jobs] no prepared data at {reg.prepared()}: download and prepare in {work}")
+            out["data_preparation_s"] = cli("download") + cli("prepare")
+        for kind, run in jobs.items():
+            wall = cli("train", "--role", run.role, "--name", run.name, "--seed", str(run.seed))
+            m = json.loads(scratch.metrics(run).read_text())
+            phases = m["timing"]["seconds"]
+            other = wall - sum(phases.values())
+            entry = {
+                "run": run.id,
+                "wall_s": wall,
+                "phases_s": {**phases, "other": other},
+                "epochs_run": m["epochs_run"],
+                "outside_steps_fraction": (wall - phases["steps"]) / wall,
+            }
+            out["jobs"][kind] = entry
+            top = ", ".join(f"{p} {phases[p]:.2f}" for p in OUTSIDE_STEPS if phases[p] >= 0.05)
+            log(
+                f"[jobs] {kind} ({run.id}): {wall:.1f} s, steps {phases['steps']:.1f} s over {m['epochs_run']} epochs, "
+                f"{100 * entry['outside_steps_fraction']:.0f}% outside steps ({top}, other {other:.2f})"
+            )
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return out
+
+
+def jobs_markdown(r: dict[str, Any]) -> str:
+    phases = [*r["phases"], "other"]
+    lines = [
+        f"Where one whole job's wall time goes (seconds; each job alone in a fresh process, {r['threads']} torch "
+        "thread(s); `other`: what no phase covers, interpreter shutdown included).",
+        "",
+        "| Job | Run | Epochs | Wall (s) | " + " | ".join(phases) + " | Outside steps |",
+        "|---|---|---|---|" + "---|" * len(phases) + "---|",
+    ]
+    for kind, j in r["jobs"].items():
+        cells = " | ".join(f"{j['phases_s'][p]:.2f}" for p in phases)
+        lines.append(
+            f"| {kind} | {j['run']} | {j['epochs_run']} | {j['wall_s']:.2f} | {cells} | "
+            f"{100 * j['outside_steps_fraction']:.0f}% |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- the whole run, read back
+def run_timeline(reg, cores: int, long_jobs: int = 10) -> dict[str, Any]:
+    """The schedule of a finished run, read from the ``timing`` each training job recorded in
+    its metrics.json (process start and end, phases).
+
+    Reports the span from the first training job's start to the last one's end; the summed
+    job time and phases; the mean number of jobs running; the tail -- from the last moment
+    ``cores`` jobs were running to the end -- with the core-seconds left idle in it; the
+    critical path (the longest teacher -> student chain of measured job times, the least
+    any schedule could take); and the order in which the longest jobs started.
+    Jobs recorded by a version without timing are listed as missing.
+    """
+    import json
+
+    jobs: dict[str, dict[str, Any]] = {}
+    missing = []
+    for run in reg.runs():
+        path = reg.metrics(run)
+        m = json.loads(path.read_text()) if path.exists() else {}
+        t = m.get("timing")
+        if not t:
+            missing.append(run.id)
+            continue
+        jobs[run.id] = {
+            "run": run,
+            "start": t["started_at"],
+            "end": t["ended_at"],
+            "seconds": t["seconds"],
+            "epochs": m.get("epochs_run"),
+        }
+    if not jobs:
+        raise ValueError(f"no metrics.json with timing under {reg.root / 'results'}: run the study first")
+    t0 = min(j["start"] for j in jobs.values())
+    t1 = max(j["end"] for j in jobs.values())
+    for j in jobs.values():
+        j["duration"] = j["end"] - j["start"]
+    # number of jobs running between consecutive start/end events
+    events = sorted({j["start"] for j in jobs.values()} | {j["end"] for j in jobs.values()})
+    running = [
+        (a, b, sum(1 for j in jobs.values() if j["start"] <= a and j["end"] >= b)) for a, b in zip(events, events[1:])
+    ]
+    full = [b for a, b, n in running if n >= cores]
+    tail_start = max(full) if full else t0
+    idle_tail = sum((b - a) * max(0, cores - n) for a, b, n in running if a >= tail_start)
+
+    def chain(rid: str) -> float:
+        run = jobs[rid]["run"]
+        teacher = reg.teacher_run(run)
+        before = jobs[teacher.id]["duration"] if teacher is not None and teacher.id in jobs else 0.0
+        return before + jobs[rid]["duration"]
+
+    critical = max(jobs, key=chain)
+    teacher = reg.teacher_run(jobs[critical]["run"])
+    order = sorted(jobs, key=lambda rid: jobs[rid]["start"])
+    longest = sorted(jobs, key=lambda rid: -jobs[rid]["duration"])[:long_jobs]
+    total = sum(j["duration"] for j in jobs.values())
+    phases: dict[str, float] = {}
+    for j in jobs.values():
+        for p, s in j["seconds"].items():
+            phases[p] = phases.get(p, 0.0) + s
+    phases["other"] = total - sum(phases.values())
+    return {
+        "cores": cores,
+        "jobs": len(jobs),
+        "missing": missing,
+        "span_s": t1 - t0,
+        "job_seconds": total,
+        "phases_s": phases,
+        "mean_running": total / (t1 - t0) if t1 > t0 else float(len(jobs)),
+        "tail_s": t1 - tail_start,
+        "idle_core_s_in_tail": idle_tail,
+        "critical_path": {
+            "runs": ([teacher.id] if teacher is not None and teacher.id in jobs else []) + [critical],
+            "seconds": chain(critical),
+        },
+        "lower_bound_s": max(chain(critical), total / cores),
+        "longest": [
+            {
+                "run": rid,
+                "duration_s": jobs[rid]["duration"],
+                "started_at_s": jobs[rid]["start"] - t0,
+                "start_rank": order.index(rid) + 1,
+            }
+            for rid in longest
+        ],
+        "last_started": order[-1],
+        "last_ended": max(jobs, key=lambda rid: jobs[rid]["end"]),
+    }
+
+
+def timeline_markdown(r: dict[str, Any]) -> str:
+    total = r["job_seconds"]
+    lines = [
+        f"Training jobs of the run: {r['jobs']} ({len(r['missing'])} without timing), first start to last end "
+        f"**{r['span_s']:.0f} s**; summed job time {total:.0f} s, {r['mean_running']:.2f} jobs running on average.",
+        "",
+        f"Tail: from the last moment {r['cores']} jobs ran to the end, {r['tail_s']:.0f} s with "
+        f"{r['idle_core_s_in_tail']:.0f} core-seconds idle (of {r['cores']} cores). Critical path "
+        f"{' -> '.join(r['critical_path']['runs'])}: {r['critical_path']['seconds']:.0f} s; no schedule on "
+        f"{r['cores']} cores beats max(critical path, summed time / cores) = {r['lower_bound_s']:.0f} s.",
+        "",
+        "| Phase | Summed s | Share |",
+        "|---|---|---|",
+    ]
+    for p, s in r["phases_s"].items():
+        lines.append(f"| {p} | {s:.1f} | {100 * s / total:.1f}% |")
+    lines += ["", "| Longest jobs | s | Started at (s) | Start rank |", "|---|---|---|---|"]
+    for j in r["longest"]:
+        lines.append(f"| {j['run']} | {j['duration_s']:.1f} | {j['started_at_s']:.1f} | {j['start_rank']} |")
     return "\n".join(lines) + "\n"

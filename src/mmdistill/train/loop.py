@@ -302,7 +302,8 @@ def train(
 
     ``timer`` collects the wall time of the phases (:mod:`mmdistill.train.timing`)."""
     device = resolve_device(cfg.device)
-    set_determinism(seed, cfg.threads, device)
+    with timer.phase("startup"):  # use_deterministic_algorithms imports torch's compiler (as long as torch)
+        set_determinism(seed, cfg.threads, device)
     model.to(device)
     if kd is not None:
         kd.teacher.to(device)
@@ -312,14 +313,12 @@ def train(
     trainable = [p for p in model.parameters() if p.requires_grad]
     if kd is not None:
         trainable += [p for p in kd.loss.parameters() if p.requires_grad]
-    # counted as start-up: torch.optim imports torch._dynamo on first use (as long as torch itself).
     # foreach: one call per step over all parameters instead of a Python loop over them (the
     # same element-wise operations in the same order: bit-identical weights, tested)
-    with timer.phase("startup"):
-        optimizer = torch.optim.Adam(trainable, lr=cfg.lr, foreach=True)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience
-        )
+    optimizer = torch.optim.Adam(trainable, lr=cfg.lr, foreach=True)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience
+    )
     gen = torch.Generator().manual_seed(seed)
     n_neg = kd.loss.needs_negatives if kd is not None else 0
 
