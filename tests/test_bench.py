@@ -77,3 +77,65 @@ def test_row_costs_cover_every_student_row_against_a_same_architecture_baseline(
     assert c1 and all(r["baselines"][r["rows"][n]["architecture"]]["row"] is None for n in c1)
     md = rows_markdown(r)
     assert all(f"| {n} |" in md for n in reg.students)
+
+
+def test_job_split_runs_each_kind_and_its_phases_add_up_to_the_job_time(params, tmp_path):
+    from mmdistill.bench import JOB_KINDS, job_split, jobs_markdown
+    from mmdistill.registry import Registry
+
+    reg = Registry(params, root=tmp_path / "project")  # no prepared data there: prepared in the scratch dir
+    r = job_split(reg, keep=str(tmp_path / "jobs"), log=lambda *a: None)
+    assert set(r["jobs"]) == set(JOB_KINDS)
+    assert r["data_preparation_s"] > 0
+    for kind, j in r["jobs"].items():
+        ph = j["phases_s"]
+        assert ph["startup"] > 0 and ph["steps"] > 0 and ph["data"] > 0, kind
+        # the recorded phases cover the job: what none covers (process spawn, exit) is a small rest
+        assert -0.05 < ph["other"] < 0.2 * j["wall_s"], (kind, ph["other"], j["wall_s"])
+        assert abs(sum(ph.values()) - j["wall_s"]) < 1e-6
+    assert r["jobs"]["teacher"]["phases_s"]["teacher"] < 0.01  # no teacher to load
+    assert r["jobs"]["student_attention_kd"]["phases_s"]["teacher_cache"] > 0
+    assert r["jobs"]["student_output_kd"]["run"] == "students/c5_hinton/seed0"
+    md = jobs_markdown(r)
+    assert all(f"| {k} |" in md for k in JOB_KINDS)
+
+
+def _write_timed_metrics(reg, run, start: float, end: float, steps: float) -> None:
+    from mmdistill.io import write_json
+
+    seconds = {"startup": 1.0, "steps": steps}
+    write_json(
+        reg.metrics(run), {"epochs_run": 3, "timing": {"started_at": start, "ended_at": end, "seconds": seconds}}
+    )
+
+
+def test_run_timeline_reads_span_tail_idle_and_critical_path(params, tmp_path):
+    from mmdistill.bench import run_timeline, timeline_markdown
+    from mmdistill.registry import Registry, Run
+
+    params["seeds"] = [0]
+    params["teachers"] = {"complete": params["teachers"]["complete"]}
+    params["students"] = {n: params["students"][n] for n in ("nokd", "c5_hinton", "c1_edam_s_attn")}
+    reg = Registry(params, root=tmp_path)
+    t = 1000.0
+    _write_timed_metrics(reg, Run("teacher", "complete", 0), t, t + 10, 8)
+    _write_timed_metrics(reg, Run("student", "nokd", 0), t, t + 4, 3)
+    _write_timed_metrics(reg, Run("student", "c5_hinton", 0), t + 11, t + 14, 3)
+    _write_timed_metrics(reg, Run("student", "c1_edam_s_attn", 0), t + 10, t + 30, 18)
+    r = run_timeline(reg, cores=2)
+    assert r["jobs"] == 4 and r["missing"] == []
+    assert r["span_s"] == 30 and r["job_seconds"] == 10 + 4 + 3 + 20
+    # two jobs ran until t+4 and again from t+11 to t+14; then one job alone for 16 s
+    assert r["tail_s"] == 16 and r["idle_core_s_in_tail"] == 16
+    assert r["critical_path"] == {"runs": ["teachers/complete/seed0", "students/c1_edam_s_attn/seed0"], "seconds": 30}
+    assert r["lower_bound_s"] == 30
+    assert r["phases_s"]["steps"] == 8 + 3 + 3 + 18 and r["phases_s"]["other"] == 37 - 4 - 32
+    assert r["longest"][0] == {
+        "run": "students/c1_edam_s_attn/seed0",
+        "duration_s": 20,
+        "started_at_s": 10,
+        "start_rank": 3,
+    }
+    assert "Critical path" in timeline_markdown(r)
+    reg.metrics(Run("student", "nokd", 0)).unlink()
+    assert run_timeline(reg, cores=2)["missing"] == ["students/nokd/seed0"]

@@ -149,3 +149,70 @@ def test_teacher_internals_cached_when_they_fit_and_equal_to_the_per_step_pass(l
     # the whole objective gives the same loss either way (student without dropout)
     student.eval()
     torch.testing.assert_close(cached(batch)[0], live(batch)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_best_epoch_validation_metrics_are_those_of_the_returned_weights(tmp_path):
+    from mmdistill.train.loop import evaluate
+
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 4, "lr": 0.03})  # the best epoch is not the last
+    model, res = fit(tmp_path, "best", cfg=cfg)
+    assert res.best_epoch < res.epochs_run
+    again = evaluate(model, make_split("valid", 16, 2), CFG.batch_size, torch.device("cpu"))
+    assert res.best_valid == again  # kept from the best epoch instead of evaluated twice
+    assert res.best_valid["loss"] == res.best_valid_loss
+
+
+def test_foreach_adam_gives_the_weights_of_the_per_parameter_loop(tmp_path, monkeypatch):
+    m1, r1 = fit(tmp_path, "foreach")
+    per_parameter = torch.optim.Adam
+    monkeypatch.setattr(torch.optim, "Adam", lambda params, lr, foreach: per_parameter(params, lr=lr, foreach=False))
+    m2, r2 = fit(tmp_path, "loop")
+    assert history_without_time(r1) == history_without_time(r2)
+    for (k, v1), v2 in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(v1, v2), k
+
+
+def test_phases_are_timed_and_cover_the_epochs(tmp_path):
+    from mmdistill.train.timing import JobTimer
+
+    timer = JobTimer()
+    model = make_model()
+    res = train(
+        model,
+        make_split("train", 48, 1),
+        make_split("valid", 16, 2),
+        CFG,
+        seed=3,
+        run_label="t",
+        resume_path=tmp_path / "t.pt",
+        config_hash="h",
+        progress=False,
+        timer=timer,
+    )
+    s = timer.seconds
+    assert s["steps"] > 0 and s["validation"] > 0 and s["checkpoint"] > 0 and s["batches"] > 0
+    # the epochs' seconds (steps, batches, validation, progress bar) are all inside the phases
+    per_epoch = sum(row["seconds"] for row in res.history)
+    assert per_epoch <= sum(s.values()) and s["steps"] + s["validation"] + s["batches"] <= per_epoch
+
+
+def test_process_start_is_read_from_the_system():
+    import time
+
+    from mmdistill.train.timing import process_started_at
+
+    started = process_started_at()
+    assert started is not None and 0 < time.time() - started < 24 * 3600
+
+
+def test_curves_file_is_the_text_pandas_writes(tmp_path):
+    import pandas as pd
+
+    from mmdistill.experiment import write_curves
+
+    history = [
+        {"epoch": 1, "train_loss": 1.0 / 3, "valid_loss": 2.5, "lr": 1e-3, "seconds": 0.1, "kd_w": float("nan")},
+        {"epoch": 2, "train_loss": 0.25, "valid_loss": 1e-7, "lr": 1e-4, "seconds": 12.0, "kd_w": 0.5},
+    ]
+    write_curves(tmp_path / "c.csv", history)
+    assert (tmp_path / "c.csv").read_text() == pd.DataFrame(history).to_csv(index=False)
