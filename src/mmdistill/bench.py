@@ -634,7 +634,8 @@ def run_timeline(reg, cores: int, long_jobs: int = 10) -> dict[str, Any]:
 
     Reports the span from the first training job's start to the last one's end; the summed
     job time and phases; the mean number of jobs running; the tail -- from the last moment
-    ``cores`` jobs were running to the end -- with the core-seconds left idle in it; the
+    ``cores`` jobs were running to the end -- with the core-seconds left idle in it (``cores``:
+    the machine's cores, not Snakemake's ``--cores``: 4 jobs on 2 cores keep both busy); the
     critical path (the longest teacher -> student chain of measured job times, the least
     any schedule could take); and the order in which the longest jobs started.
     Jobs recorded by a version without timing are listed as missing.

@@ -271,7 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--keep", metavar="DIR", help="jobs: run the jobs in DIR and keep their outputs (default: a temp dir)"
     )
-    b.add_argument("--cores", type=int, default=4, help="run: the cores the run was given (snakemake --cores)")
+    b.add_argument(
+        "--cores",
+        type=int,
+        default=os.cpu_count(),
+        help="run: the machine's cores (idle = fewer jobs running than cores; default: this machine's)",
+    )
     b.set_defaults(func=cmd_bench)
     return p
 
