@@ -216,3 +216,24 @@ def test_curves_file_is_the_text_pandas_writes(tmp_path):
     ]
     write_curves(tmp_path / "c.csv", history)
     assert (tmp_path / "c.csv").read_text() == pd.DataFrame(history).to_csv(index=False)
+
+
+def test_resume_from_a_checkpoint_without_best_validation_metrics(tmp_path, monkeypatch):
+    ref_model, ref = fit(tmp_path, "ref")
+    real_save = loop.save_resume
+
+    def save_old_format_then_die(path, config_hash, model, optimizer, scheduler, kd, gen, state, device):
+        legacy = {k: v for k, v in state.items() if k != "best_valid"}  # as an older version wrote it
+        real_save(path, config_hash, model, optimizer, scheduler, kd, gen, legacy, device)
+        raise KeyboardInterrupt("simulated kill after epoch 1")
+
+    monkeypatch.setattr(loop, "save_resume", save_old_format_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path, "legacy")
+    monkeypatch.setattr(loop, "save_resume", real_save)
+    model, res = fit(tmp_path, "legacy")
+    assert res.resumed_from_epoch == 1 and history_without_time(res) == history_without_time(ref)
+    # the best epoch (3 here) came after the resume, so its validation metrics are kept again
+    assert res.best_epoch > 1 and res.best_valid == ref.best_valid
+    for v1, v2 in zip(ref_model.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(v1, v2)

@@ -628,7 +628,44 @@ def jobs_markdown(r: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------- the whole run, read back
-def run_timeline(reg, cores: int, long_jobs: int = 10) -> dict[str, Any]:
+def snakemake_jobs(log_path) -> list[dict[str, Any]]:
+    """Every job a Snakemake log records: rule, wildcards, start and end (Unix seconds; the log
+    stamps whole seconds). A job without a ``Finished`` line (failed or still running) has
+    ``end`` None."""
+    import re
+    from datetime import datetime
+    from pathlib import Path
+
+    stamp = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
+    jobs: dict[str, dict[str, Any]] = {}
+    now = None
+    current = None
+    for line in Path(log_path).read_text().splitlines():
+        m = stamp.match(line.strip())
+        if m:
+            now = datetime.strptime(" ".join(m.group(1).split()), "%a %b %d %H:%M:%S %Y").timestamp()
+            continue
+        text = line.strip()
+        if (m := re.match(r"^(?:local)?rule (\w+):$", text)) and now is not None:
+            current = {"rule": m.group(1), "wildcards": {}, "start": now, "end": None}
+        elif current is not None and (m := re.match(r"^jobid: (\d+)$", text)):
+            jobs[m.group(1)] = current
+        elif current is not None and text.startswith("wildcards: "):
+            current["wildcards"] = dict(kv.split("=", 1) for kv in text[len("wildcards: ") :].split(", "))
+        elif (m := re.match(r"^Finished jobid: (\d+)", text)) and m.group(1) in jobs:
+            jobs[m.group(1)]["end"] = now
+            current = None
+    return list(jobs.values())
+
+
+def newest_snakemake_log(root) -> Any:
+    from pathlib import Path
+
+    logs = sorted((Path(root) / ".snakemake" / "log").glob("*.snakemake.log"))
+    return logs[-1] if logs else None
+
+
+def run_timeline(reg, cores: int, long_jobs: int = 10, snakemake_log=None) -> dict[str, Any]:
     """The schedule of a finished run, read from the ``timing`` each training job recorded in
     its metrics.json (process start and end, phases).
 
@@ -638,28 +675,39 @@ def run_timeline(reg, cores: int, long_jobs: int = 10) -> dict[str, Any]:
     the machine's cores, not Snakemake's ``--cores``: 4 jobs on 2 cores keep both busy); the
     critical path (the longest teacher -> student chain of measured job times, the least
     any schedule could take); and the order in which the longest jobs started.
-    Jobs recorded by a version without timing are listed as missing.
+
+    A training job whose metrics lack ``timing`` (written by an older version) takes its
+    start and end from the Snakemake log (``snakemake_log``, default: the newest under
+    ``.snakemake/log``; whole seconds, no phases); with the log, the whole workflow's span
+    (data, profile, report jobs included) is reported too. Jobs found in neither are listed
+    as missing.
     """
     import json
 
+    from mmdistill.registry import Run
+
+    log_path = snakemake_log or newest_snakemake_log(reg.root)
+    logged = snakemake_jobs(log_path) if log_path else []
+    from_log = {
+        Run(j["rule"].removeprefix("train_"), j["wildcards"]["name"], int(j["wildcards"]["seed"])).id: j
+        for j in logged
+        if j["rule"] in ("train_teacher", "train_student") and j["end"] is not None
+    }
     jobs: dict[str, dict[str, Any]] = {}
     missing = []
     for run in reg.runs():
         path = reg.metrics(run)
         m = json.loads(path.read_text()) if path.exists() else {}
         t = m.get("timing")
-        if not t:
+        if t:
+            jobs[run.id] = {"run": run, "start": t["started_at"], "end": t["ended_at"], "seconds": t["seconds"]}
+        elif run.id in from_log:
+            j = from_log[run.id]
+            jobs[run.id] = {"run": run, "start": j["start"], "end": j["end"], "seconds": {}}
+        else:
             missing.append(run.id)
-            continue
-        jobs[run.id] = {
-            "run": run,
-            "start": t["started_at"],
-            "end": t["ended_at"],
-            "seconds": t["seconds"],
-            "epochs": m.get("epochs_run"),
-        }
     if not jobs:
-        raise ValueError(f"no metrics.json with timing under {reg.root / 'results'}: run the study first")
+        raise ValueError(f"no training job with timing under {reg.root / 'results'} or in a Snakemake log")
     t0 = min(j["start"] for j in jobs.values())
     t1 = max(j["end"] for j in jobs.values())
     for j in jobs.values():
@@ -689,10 +737,20 @@ def run_timeline(reg, cores: int, long_jobs: int = 10) -> dict[str, Any]:
         for p, s in j["seconds"].items():
             phases[p] = phases.get(p, 0.0) + s
     phases["other"] = total - sum(phases.values())
+    finished = [j for j in logged if j["end"] is not None]
+    workflow = None
+    if finished:
+        w0, w1 = min(j["start"] for j in finished), max(j["end"] for j in finished)
+        by_rule: dict[str, float] = {}
+        for j in finished:
+            by_rule[j["rule"]] = by_rule.get(j["rule"], 0.0) + j["end"] - j["start"]
+        workflow = {"log": str(log_path), "jobs": len(finished), "span_s": w1 - w0, "rule_seconds": by_rule}
     return {
         "cores": cores,
         "jobs": len(jobs),
+        "timed_by_the_jobs": sum(1 for j in jobs.values() if j["seconds"]),
         "missing": missing,
+        "workflow": workflow,
         "span_s": t1 - t0,
         "job_seconds": total,
         "phases_s": phases,
@@ -720,8 +778,18 @@ def run_timeline(reg, cores: int, long_jobs: int = 10) -> dict[str, Any]:
 
 def timeline_markdown(r: dict[str, Any]) -> str:
     total = r["job_seconds"]
-    lines = [
-        f"Training jobs of the run: {r['jobs']} ({len(r['missing'])} without timing), first start to last end "
+    lines = []
+    if r.get("workflow"):
+        w = r["workflow"]
+        lines += [
+            f"Whole workflow ({w['log']}): {w['jobs']} jobs in **{w['span_s']:.0f} s**; summed job time per rule: "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in w["rule_seconds"].items())
+            + ".",
+            "",
+        ]
+    lines += [
+        f"Training jobs of the run: {r['jobs']} ({r['timed_by_the_jobs']} timed by the jobs themselves, the rest "
+        f"from the Snakemake log; {len(r['missing'])} missing), first start to last end "
         f"**{r['span_s']:.0f} s**; summed job time {total:.0f} s, {r['mean_running']:.2f} jobs running on average.",
         "",
         f"Tail: from the last moment {r['cores']} jobs ran to the end, {r['tail_s']:.0f} s with "
@@ -734,6 +802,8 @@ def timeline_markdown(r: dict[str, Any]) -> str:
     ]
     for p, s in r["phases_s"].items():
         lines.append(f"| {p} | {s:.1f} | {100 * s / total:.1f}% |")
+    if r["timed_by_the_jobs"] < r["jobs"]:
+        lines.append(f"\n(phases of the {r['timed_by_the_jobs']} jobs that timed themselves; the rest is in `other`)")
     lines += ["", "| Longest jobs | s | Started at (s) | Start rank |", "|---|---|---|---|"]
     for j in r["longest"]:
         lines.append(f"| {j['run']} | {j['duration_s']:.1f} | {j['started_at_s']:.1f} | {j['start_rank']} |")
