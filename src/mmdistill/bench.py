@@ -788,9 +788,10 @@ def timeline_markdown(r: dict[str, Any]) -> str:
             "",
         ]
     lines += [
-        f"Training jobs of the run: {r['jobs']} ({r['timed_by_the_jobs']} timed by the jobs themselves, the rest "
-        f"from the Snakemake log; {len(r['missing'])} missing), first start to last end "
-        f"**{r['span_s']:.0f} s**; summed job time {total:.0f} s, {r['mean_running']:.2f} jobs running on average.",
+        f"Training jobs of the run: {r['jobs']} ({r['timed_by_the_jobs']} timed by the jobs themselves, "
+        f"{r['jobs'] - r['timed_by_the_jobs']} from the Snakemake log, {len(r['missing'])} missing), "
+        f"first start to last end **{r['span_s']:.0f} s**; summed job time {total:.0f} s, "
+        f"{r['mean_running']:.2f} jobs running on average.",
         "",
         f"Tail: from the last moment {r['cores']} jobs ran to the end, {r['tail_s']:.0f} s with "
         f"{r['idle_core_s_in_tail']:.0f} core-seconds idle (of {r['cores']} cores). Critical path "
