@@ -139,3 +139,56 @@ def test_run_timeline_reads_span_tail_idle_and_critical_path(params, tmp_path):
     assert "Critical path" in timeline_markdown(r)
     reg.metrics(Run("student", "nokd", 0)).unlink()
     assert run_timeline(reg, cores=2)["missing"] == ["students/nokd/seed0"]
+
+
+SNAKEMAKE_LOG = """Building DAG of jobs...
+[Wed Dec  2 07:00:17 2026]
+localrule prepare:
+    output: data/prepared/synthetic.h5
+    jobid: 2
+    resources: tmpdir=/tmp
+[Wed Dec  2 07:00:27 2026]
+Finished jobid: 2 (Rule: prepare)
+1 of 3 steps (33%) done
+[Wed Dec  2 07:00:27 2026]
+localrule train_student:
+    jobid: 13
+    wildcards: name=nokd, seed=0
+    priority: 3
+[Wed Dec  2 07:00:28 2026]
+rule train_teacher:
+    jobid: 4
+    wildcards: name=complete, seed=0
+[Wed Dec  2 07:01:05 2026]
+Finished jobid: 13 (Rule: train_student)
+[Wed Dec  2 07:01:30 2026]
+Error in rule train_teacher:
+"""
+
+
+def test_snakemake_log_gives_the_jobs_that_recorded_no_timing(params, tmp_path):
+    from datetime import datetime
+
+    from mmdistill.bench import run_timeline, snakemake_jobs
+    from mmdistill.registry import Registry, Run
+
+    log = tmp_path / ".snakemake" / "log" / "2026-12-02T070008.snakemake.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(SNAKEMAKE_LOG)
+    jobs = snakemake_jobs(log)
+    t = datetime(2026, 12, 2, 7, 0, 17).timestamp()
+    assert jobs[0] == {"rule": "prepare", "wildcards": {}, "start": t, "end": t + 10}
+    assert jobs[1] == {
+        "rule": "train_student",
+        "wildcards": {"name": "nokd", "seed": "0"},
+        "start": t + 10,
+        "end": t + 48,
+    }
+    assert jobs[2]["rule"] == "train_teacher" and jobs[2]["end"] is None  # failed: never finished
+    params["seeds"] = [0]
+    reg = Registry(params, root=tmp_path)
+    reg.metrics(Run("student", "nokd", 0)).parent.mkdir(parents=True)
+    reg.metrics(Run("student", "nokd", 0)).write_text('{"test": {}}')  # an older version's metrics: no timing
+    r = run_timeline(reg, cores=2)  # finds the newest log under .snakemake/log
+    assert r["jobs"] == 1 and r["timed_by_the_jobs"] == 0 and r["span_s"] == 38
+    assert r["workflow"]["span_s"] == 48 and r["workflow"]["rule_seconds"] == {"prepare": 10, "train_student": 38}
