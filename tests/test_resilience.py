@@ -46,7 +46,7 @@ def prepared(tmp_path: Path) -> Path:
 
 def comparable(metrics_path: Path) -> dict:
     m = json.loads(metrics_path.read_text())
-    for k in ("train_seconds", "seconds_per_epoch", "resumed_from_epoch"):
+    for k in ("train_seconds", "seconds_per_epoch", "resumed_from_epoch", "timing"):
         m.pop(k)
     return m
 
