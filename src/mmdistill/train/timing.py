@@ -50,7 +50,8 @@ def process_started_at() -> float | None:
 
     Read from ``/proc/self/stat`` (start time in clock ticks since boot) against
     ``CLOCK_BOOTTIME``, so the interpreter's and the imports' time before any of our code ran
-    is counted.
+    is counted. Without ``/proc`` (macOS) it is None, and a job's ``startup`` then counts
+    from the command's first line only.
     """
     try:
         with open("/proc/self/stat") as f:
