@@ -285,7 +285,7 @@ def exit_without_teardown(step: str, rc: int) -> None:
     """End a finished training process at once, skipping the interpreter's teardown.
 
     Tearing down an interpreter that has imported torch (and torch._dynamo, which torch.optim
-    imports) costs about 1.2 s of CPU -- a third as much as importing them -- in each of the
+    imports) costs 1.0-1.2 s of CPU -- a third as much as importing them -- in each of the
     study's training jobs. Every output is already written (atomically) and closed by then;
     the log streams are flushed here. Only for ``train`` and only after success: a failing
     job exits the ordinary way, with its traceback.
