@@ -166,7 +166,7 @@ def test_known_failures_of_a_training_job_exit_with_one_message(tmp_path, step, 
     module, name = error.split(":")
     cls = getattr(importlib.import_module(module), name)
 
-    def fails(reg, run, progress=True):
+    def fails(reg, run, progress=True, **kwargs):
         raise cls(f"{run.id}: what went wrong")
 
     monkeypatch.setattr("mmdistill.experiment.train_run", fails)
@@ -179,7 +179,7 @@ def test_known_failures_of_a_training_job_exit_with_one_message(tmp_path, step, 
 def test_an_unexpected_failure_keeps_its_traceback(tmp_path, step, monkeypatch):
     """Anything else is a bug: it is not dressed up as a user error."""
 
-    def fails(reg, run, progress=True):
+    def fails(reg, run, progress=True, **kwargs):
         raise ZeroDivisionError("bug")
 
     monkeypatch.setattr("mmdistill.experiment.train_run", fails)
