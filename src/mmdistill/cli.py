@@ -52,6 +52,31 @@ def _registry(args) -> Registry:
     return Registry.from_file(args.params or "params.yaml", overrides=args.override or [])
 
 
+# One example per step, in pipeline order: the epilog of `python -m mmdistill --help`.
+EXAMPLES = [
+    ("validate", "validate --override params-paper.yaml"),
+    ("download", "download"),
+    ("prepare", "prepare"),
+    ("train", "train --role student --name c5_crd_final --seed 0"),
+    ("run-params", "run-params"),
+    ("profile", "profile"),
+    ("report", "report"),
+    ("robustness", "robustness"),
+    ("bench", "bench --what rows"),
+]
+
+
+def _examples_epilog() -> str:
+    width = max(len(step) for step, _ in EXAMPLES)
+    lines = [f"  {step:<{width}}  python -m mmdistill {example}" for step, example in EXAMPLES]
+    return (
+        "examples, in pipeline order (each Snakemake rule and DVC stage runs one of these steps;\n"
+        "a step reads params.yaml unless --params names another file):\n"
+        + "\n".join(lines)
+        + "\n\n`python -m mmdistill <step> --help` lists a step's options."
+    )
+
+
 def cmd_validate(args) -> int:
     reg = _registry(args)
     print(
@@ -222,7 +247,12 @@ def _bench_feature_dims(reg: Registry) -> dict[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmdistill", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="mmdistill",
+        description=__doc__.split("\n")[0],
+        epilog=_examples_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--params",
@@ -243,9 +273,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("download", parents=[common], help="acquire the raw data").set_defaults(func=cmd_download)
     sub.add_parser("prepare", parents=[common], help="raw data -> HDF5").set_defaults(func=cmd_prepare)
     t = sub.add_parser("train", parents=[common], help="train one run")
-    t.add_argument("--role", choices=["teacher", "student"], required=True)
-    t.add_argument("--name", required=True)
-    t.add_argument("--seed", type=int, required=True)
+    t.add_argument(
+        "--role",
+        choices=["teacher", "student"],
+        required=True,
+        help="teacher: --name is a key of `teachers:`; student: a key of `students:` (a Table 1 row)",
+    )
+    t.add_argument(
+        "--name",
+        required=True,
+        help="the run's key in params.yaml under `teachers:` or `students:`, e.g. complete or c5_crd_final",
+    )
+    t.add_argument(
+        "--seed",
+        type=int,
+        required=True,
+        help="one of params.yaml's `seeds:`; a student with seed k distils from teacher seed k",
+    )
     t.set_defaults(func=cmd_train)
     sub.add_parser(
         "run-params", parents=[common], help="what each student run uses, one file per run (for DVC)"
