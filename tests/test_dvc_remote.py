@@ -5,7 +5,7 @@ The project is a fresh git repository copied from this one with the tiny configu
 to one seed, one teacher and two students. After the pull, both tools must agree that the
 results are current: DVC by content hash, Snakemake after `snakemake --touch` (DVC restores
 files with new modification times and Snakemake has no record of jobs it did not run; see
-the README section on DVC).
+docs/dvc.md).
 """
 
 from __future__ import annotations
