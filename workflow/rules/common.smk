@@ -2,6 +2,8 @@
 import json
 import os
 
+from mmdistill.schedule import priority as job_priority
+
 if workflow.config_settings.config:
     raise ValueError(
         "--config key=value passes nested values as strings; put overrides in a YAML file "
@@ -37,6 +39,11 @@ def run_params(role):
 def teacher_checkpoint(w):
     teacher = REG.teacher_run(Run("student", w.name, int(w.seed)))
     return [str(REG.checkpoint(teacher))] if teacher else []
+
+
+def _priority(role):
+    # longest chain of work first (mmdistill.schedule): no core idles at the end on a late long job
+    return lambda w: job_priority(REG, Run(role, w.name, int(w.seed)))
 
 
 wildcard_constraints:

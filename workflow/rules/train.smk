@@ -1,11 +1,5 @@
 # Training: every teacher and every student row, once per seed.
 # No `conda:` or `container:` per rule: see the note on `snakemake --lint` in the Snakefile.
-from mmdistill.schedule import priority as job_priority
-
-
-def _priority(role):
-    # longest chain of work first (mmdistill.schedule): no core idles at the end on a late long job
-    return lambda w: job_priority(REG, Run(role, w.name, int(w.seed)))
 
 
 rule train_teacher:
