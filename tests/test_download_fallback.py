@@ -1,0 +1,139 @@
+"""download.fetch past the easy path, against a local HTTP server on 127.0.0.1: wrong bytes
+on one mirror move on to the next, a server error is retried on the same URL, a resumed
+download whose checksum fails is retried from zero, and HTTP 416 (a resume at or past the
+end of the file) either finishes the download or restarts it."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from mmdistill.data.download import DownloadError, fetch, part_path
+
+PAYLOAD = bytes(range(251)) * 300  # 75300 bytes
+SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class Server:
+    """/good honours Range (416 with ``bytes */N`` for a range at or past the end);
+    /wrong the same with other bytes of the same length; /once503 answers 503 to its first
+    request, then like /good; /always503 always 503."""
+
+    def __init__(self):
+        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                rng = self.headers.get("Range")
+                outer.requests.append((self.path, rng))
+                first_time = sum(p == self.path for p, _ in outer.requests) == 1
+                if self.path == "/always503" or (self.path == "/once503" and first_time):
+                    self.send_error(503, "Service Unavailable")
+                    return
+                if self.path not in ("/good", "/wrong", "/once503"):
+                    self.send_error(404, "Not Found")
+                    return
+                body = PAYLOAD[::-1] if self.path == "/wrong" else PAYLOAD
+                m = re.match(r"bytes=(\d+)-$", rng or "")
+                start = int(m.group(1)) if m else 0
+                if start >= len(body) and m:
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(body)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                self.wfile.write(body[start:])
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+
+@pytest.fixture()
+def server():
+    s = Server()
+    s.thread.start()
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+def test_checksum_mismatch_moves_on_to_the_next_url(server, tmp_path):
+    dest = tmp_path / "file.bin"
+    fetch([server.url("/wrong"), server.url("/good")], dest, sha256=SHA, progress=False, backoff=0)
+    assert dest.read_bytes() == PAYLOAD
+    # a fresh download with wrong bytes is not retried on the same URL: the next one is tried
+    assert [p for p, _ in server.requests] == ["/wrong", "/good"]
+    assert server.requests[1][1] is None  # and from zero: nothing of the wrong bytes is kept
+    assert not part_path(dest).exists()
+
+
+def test_server_error_is_retried_on_the_same_url(server, tmp_path):
+    dest = tmp_path / "file.bin"
+    fetch([server.url("/once503")], dest, sha256=SHA, progress=False, attempts=2, backoff=0)
+    assert dest.read_bytes() == PAYLOAD
+    assert [p for p, _ in server.requests] == ["/once503", "/once503"]
+
+
+def test_server_errors_use_up_the_attempts_then_the_next_url(server, tmp_path):
+    dest = tmp_path / "file.bin"
+    fetch([server.url("/always503"), server.url("/good")], dest, progress=False, attempts=3, backoff=0)
+    assert dest.read_bytes() == PAYLOAD
+    assert [p for p, _ in server.requests] == ["/always503"] * 3 + ["/good"]
+    with pytest.raises(DownloadError, match=r"(?s)gave up after 2 attempts.*HTTP 503"):
+        fetch([server.url("/always503")], tmp_path / "other.bin", progress=False, attempts=2, backoff=0)
+
+
+def test_resumed_download_with_wrong_checksum_is_retried_from_zero(server, tmp_path):
+    dest = tmp_path / "file.bin"
+    half = len(PAYLOAD) // 2
+    part_path(dest).write_bytes(PAYLOAD[::-1][:half])  # a stale part file from other bytes
+    fetch([server.url("/good")], dest, sha256=SHA, progress=False, attempts=2, backoff=0)
+    assert dest.read_bytes() == PAYLOAD
+    # the resume's result fails the checksum; the same URL is tried again, from byte 0
+    assert server.requests == [("/good", f"bytes={half}-"), ("/good", None)]
+    assert not part_path(dest).exists()
+
+
+def test_resumed_download_with_wrong_checksum_counts_as_an_attempt(server, tmp_path):
+    dest = tmp_path / "file.bin"
+    part_path(dest).write_bytes(PAYLOAD[::-1][:100])
+    with pytest.raises(DownloadError, match=r"sha256 mismatch.*resumed at byte 100"):
+        fetch([server.url("/good")], dest, sha256=SHA, progress=False, attempts=1, backoff=0)
+    assert not dest.exists() and not part_path(dest).exists()
+
+
+def test_http_416_for_a_complete_part_file_finishes_the_download(server, tmp_path):
+    dest = tmp_path / "file.bin"
+    part_path(dest).write_bytes(PAYLOAD)  # killed after the last byte, before the rename
+    fetch([server.url("/good")], dest, sha256=SHA, progress=False, attempts=1, backoff=0)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.requests == [("/good", f"bytes={len(PAYLOAD)}-")]  # one request, nothing re-sent
+
+
+def test_http_416_for_a_part_file_longer_than_the_file_restarts(server, tmp_path):
+    dest = tmp_path / "file.bin"
+    part_path(dest).write_bytes(PAYLOAD + b"junk")
+    fetch([server.url("/good")], dest, sha256=SHA, progress=False, attempts=2, backoff=0)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.requests == [("/good", f"bytes={len(PAYLOAD) + 4}-"), ("/good", None)]
+    dest.unlink()
+    part_path(dest).write_bytes(PAYLOAD + b"junk")
+    with pytest.raises(DownloadError, match=r"HTTP 416 for a resume at byte 75304; restarting from zero"):
+        fetch([server.url("/good")], dest, progress=False, attempts=1, backoff=0)
+    assert not part_path(dest).exists()
