@@ -129,33 +129,56 @@ def results(cwd: Path, env: dict) -> dict[str, str]:
     return status
 
 
-def run_module(module: str, workdir: Path, children: int, ref: str | None) -> dict:
+DIFFS = """
+import json, sys
+from mutmut.mutation.diff_apply import find_mutant, get_diff_for_mutant
+out = {}
+for name in sys.argv[1:]:
+    try:
+        out[name] = get_diff_for_mutant(name, path=find_mutant(name).path)
+    except Exception as exc:  # a diff is documentation only
+        out[name] = f"(no diff: {exc})"
+print(json.dumps(out))
+"""
+
+
+def mutant_diffs(cwd: Path, env: dict, names: list[str]) -> dict[str, str]:
+    """The source diff of each named mutant (one process for all of them)."""
+    if not names:
+        return {}
+    out = subprocess.run([sys.executable, "-c", DIFFS, *names], cwd=cwd, env=env, capture_output=True, text=True)
+    return json.loads(out.stdout) if out.returncode == 0 else {}
+
+
+def run_module(module: str, workdir: Path, children: int, ref: str | None, summarize_only: bool = False) -> dict:
     dest = workdir / module.replace("/", "_")
-    prepare_copy(module, dest, ref)
+    if not summarize_only:
+        prepare_copy(module, dest, ref)
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)  # the mutated copy under mutants/src must be the one imported
     env.setdefault("OMP_NUM_THREADS", "1")
     env["MMDISTILL_TEST_MUTATION"] = "1"
     start = time.time()
-    log = open(workdir / f"{module.replace('/', '_')}.log", "w")
-    proc = subprocess.run(["mutmut", "run", "--max-children", str(children)], cwd=dest, env=env, stdout=log, stderr=log)
+    returncode = None
+    if not summarize_only:
+        with open(workdir / f"{module.replace('/', '_')}.log", "w") as log:
+            cmd = ["mutmut", "run", "--max-children", str(children)]
+            returncode = subprocess.run(cmd, cwd=dest, env=env, stdout=log, stderr=log).returncode
     seconds = time.time() - start
     status = results(dest, env)
     counts: dict[str, int] = {}
     for s in status.values():
         counts[s] = counts.get(s, 0) + 1
     killed = sum(n for s, n in counts.items() if s in KILLED)
-    not_killed = {}
-    for name, s in sorted(status.items()):
-        if s not in KILLED:
-            diff = subprocess.run(["mutmut", "show", name], cwd=dest, env=env, capture_output=True, text=True).stdout
-            not_killed[name] = {"status": s, "diff": diff}
+    survivors = sorted(name for name, s in status.items() if s not in KILLED)
+    diffs = mutant_diffs(dest, env, survivors)
+    not_killed = {name: {"status": status[name], "diff": diffs.get(name, "")} for name in survivors}
     report = {
         "module": f"src/mmdistill/{module}.py",
         "commit": commit_of(ROOT, ref),
         "tests": [a for a in MODULES[module] if not a.startswith("tests/") or (dest / a.split("::")[0]).exists()],
-        "mutmut_exit_code": proc.returncode,
-        "seconds": round(seconds),
+        "mutmut_exit_code": returncode,
+        "seconds": round(seconds) if returncode is not None else None,
         "mutants": len(status),
         "counts": counts,
         "score": round(killed / len(status), 4) if status else None,
@@ -170,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("modules", nargs="*", default=list(MODULES), help=f"any of {list(MODULES)}")
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "mmdistill-mutation")
     ap.add_argument("--ref", help="test this commit instead of the working tree")
+    ap.add_argument("--summarize-only", action="store_true", help="only summarize an earlier run in --workdir")
     ap.add_argument("--children", type=int, default=1, help="mutants tested at once (default 1)")
     args = ap.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
@@ -179,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("mutmut is not installed in this environment (pip install mutmut)")
     args.workdir.mkdir(parents=True, exist_ok=True)
     for module in args.modules:
-        r = run_module(module, args.workdir, args.children, args.ref)
+        r = run_module(module, args.workdir, args.children, args.ref, args.summarize_only)
         print(
             f"{r['module']}: {r['score']:.1%} killed of {r['mutants']} mutants {r['counts']} in {r['seconds']} s",
             flush=True,
