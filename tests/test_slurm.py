@@ -70,6 +70,22 @@ def dry_run_resources(out: str) -> dict[str, list[dict[str, str]]]:
     return jobs
 
 
+def declared_resources(project: Path) -> dict[str, dict[str, str]]:
+    """rule -> the resources it would ask Slurm for, read from the workflow's own files: the
+    rule's ``resources:`` (workflow/rules/*.smk, Snakefile) over the profile's default-resources."""
+    config = (project / PROFILE / "config.yaml").read_text()
+    block = re.search(r"^default-resources:\n((?:  .*\n)+)", config, flags=re.M).group(1)
+    defaults = dict(re.findall(r"^  (mem_mb|runtime): (\d+)$", block, flags=re.M))
+    assert set(defaults) == {"mem_mb", "runtime"}, block
+    rules = {}
+    for path in [project / "Snakefile", *sorted((project / "workflow" / "rules").glob("*.smk"))]:
+        for m in re.finditer(r"^(?:local)?rule (\w+):\n((?:[ \t]+.*\n|\n)*)", path.read_text(), flags=re.M):
+            res = re.search(r"^    resources:\n((?:        .*\n)+)", m.group(2), flags=re.M)
+            declared = dict(re.findall(r"^        (\w+)=(\w+),?$", res.group(1), flags=re.M)) if res else {}
+            rules[m.group(1)] = {**defaults, **declared}
+    return rules
+
+
 def test_slurm_profile_resources(tmp_path):
     project = make_project(tmp_path / "proj", subset_params())
     args = ["-n", "--profile", PROFILE]  # the default target: every output of the study
@@ -79,6 +95,9 @@ def test_slurm_profile_resources(tmp_path):
     )
     jobs = dry_run_resources(snakemake(args, project, env))
     assert set(TRAIN_RULES) <= set(jobs) and "prepare" in jobs, jobs.keys()
+    declared = declared_resources(project)
+    for rule in TRAIN_RULES:  # the training rules declare their own (larger) requests
+        assert declared[rule]["gpu"] == "1" and int(declared[rule]["mem_mb"]) > 4000, declared[rule]
     gpu_rules = {rule for rule, all_res in jobs.items() if any("gpu" in res for res in all_res)}
     assert set(TRAIN_RULES) <= gpu_rules, gpu_rules
     for rule, all_res in jobs.items():
@@ -86,7 +105,10 @@ def test_slurm_profile_resources(tmp_path):
             continue
         for res in all_res:
             assert res["slurm_account"] == "proj42", (rule, res)
-            assert int(res["mem_mb"]) >= 1000 and int(res["runtime"]) >= 60, (rule, res)
+            # exactly what the rule (or, where it declares none, the profile) asks for
+            want = declared[rule]
+            assert (res["mem_mb"], res["runtime"]) == (want["mem_mb"], want["runtime"]), (rule, res, want)
+            assert res.get("gpu") == want.get("gpu"), (rule, res, want)
             if rule in gpu_rules:  # every GPU rule goes to the GPU partition, with gpu, never gres
                 assert res["gpu"] == "1" and "gres" not in res, (rule, res)
                 assert res["slurm_partition"] == "gpuq", (rule, res)
