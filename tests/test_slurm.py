@@ -161,6 +161,20 @@ def slurm_jobs(run_id: str) -> list[dict[str, str]]:
     return jobs
 
 
+def minutes(time_limit: str) -> int:
+    """Slurm's ``[D-]HH:MM:SS`` (or ``MM:SS``) in minutes."""
+    days, _, hms = time_limit.rpartition("-")
+    parts = [int(x) for x in hms.split(":")]
+    h, m, sec = ([0] * (3 - len(parts)) + parts)[-3:]
+    return (int(days or 0) * 24 + h) * 60 + m + (sec > 0)
+
+
+def megabytes(memory: str) -> int:
+    """Slurm's memory with its unit (``8000M``, ``8G``) in MB."""
+    value, unit = float(memory[:-1]), memory[-1].upper()
+    return round(value * {"M": 1, "G": 1024, "T": 1024 * 1024}[unit])
+
+
 @pytest.mark.slurm
 @pytest.mark.e2e
 def test_tiny_pipeline_on_slurm(tmp_path, slurm_cluster):
@@ -198,10 +212,15 @@ def test_tiny_pipeline_on_slurm(tmp_path, slurm_cluster):
     assert not set(LOCAL_RULES) & set(by_rule), "localrules were submitted to Slurm"
     for job in jobs:
         assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", job
+    declared = declared_resources(project)
     for rule in TRAIN_RULES:
         for job in by_rule[rule]:
             assert job["Partition"] == "gpu" and "gpu:1" in job["TresPerJob"], job
             assert job["NumCPUs"] == str(params["train"]["threads"]), job
+    for rule, rule_jobs in by_rule.items():  # what Slurm granted is what the rule asked for
+        for job in rule_jobs:
+            assert minutes(job["TimeLimit"]) == int(declared[rule]["runtime"]), (rule, job["TimeLimit"])
+            assert megabytes(job["MinMemoryNode"]) == int(declared[rule]["mem_mb"]), (rule, job["MinMemoryNode"])
     assert by_rule["prepare"][0]["Partition"] == "cpu", by_rule["prepare"]
 
     # the plugin's log of every job: .snakemake/slurm_logs/rule_<rule>/<wildcards>/<jobid>.log
