@@ -108,11 +108,14 @@ def test_scores_are_prescaled_qk_and_rows_softmax_to_one():
     torch.manual_seed(1)
     mha = tr.MultiHeadAttention(8, 2, dropout=0.0)
     xq, xkv = torch.randn(2, 4, 8), torch.randn(2, 6, 8)
-    _, scores, _ = mha(xq, xkv, want_scores=True)
+    _, scores, maps = mha(xq, xkv, want_scores=True, want_maps=True)
     q = mha.q_proj(xq).reshape(2, 4, 2, 4).transpose(1, 2)
     k = mha.kv_proj(xkv)[..., :8].reshape(2, 6, 2, 4).transpose(1, 2)
     torch.testing.assert_close(scores, q @ k.transpose(-1, -2) / 2.0)  # sqrt(d_k) = sqrt(4)
-    torch.testing.assert_close(scores.softmax(-1).sum(-1), torch.ones(2, 2, 4))
+    # the layer's own maps: rows of non-negative weights summing to one, softmax of its scores
+    assert maps.shape == (2, 2, 4, 6) and (maps >= 0).all()
+    torch.testing.assert_close(maps.sum(-1), torch.ones(2, 2, 4))
+    torch.testing.assert_close(maps, scores.softmax(-1))
 
 
 def test_scores_only_when_requested(monkeypatch):
@@ -161,7 +164,10 @@ def test_teacher_shapes(branches):
         for s, p in zip(out.attention[name], out.post_attention[name]):
             assert s.shape == (B, cfg.n_heads, LENGTHS[q], LENGTHS[kv])
             assert p.shape == (B, LENGTHS[q], width)
-            torch.testing.assert_close(s.softmax(-1).sum(-1), torch.ones(B, cfg.n_heads, LENGTHS[q]))
+        for s, m in zip(out.attention[name], out.maps[name]):  # the teacher's own maps
+            assert m.shape == s.shape and (m >= 0).all()
+            torch.testing.assert_close(m.sum(-1), torch.ones(B, cfg.n_heads, LENGTHS[q]))
+            torch.testing.assert_close(m, s.softmax(-1))
 
 
 def test_video_branch_names_and_branch_order_does_not_matter():
@@ -283,12 +289,33 @@ def test_gradients_reach_every_student_parameter(key):
     assert all(torch.isfinite(p.grad).all() for p in student.parameters())
 
 
-def test_teacher_and_student_follow_the_input_device_and_dtype():
+def _tensors(out) -> list[torch.Tensor]:
+    found = [out.logits, out.penultimate]
+    for field in (out.attention, out.maps, out.post_attention):
+        found += [t for layers in field.values() for t in layers]
+    return found
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_teacher_and_student_follow_the_input_device_and_dtype(device, dtype):
+    """Every output of both models is on the inputs' device and of their dtype: no tensor is
+    made on the default device inside. On a machine without an accelerator the ``meta``
+    device stands in for another device: mixing it with a CPU tensor is an error."""
     cfg = tiny()
-    teacher = build_teacher(cfg, ("V",)).double().eval()
-    x = {m: v.double() for m, v in inputs().items()}
-    out = teacher(x, Request(frozenset({"A<-V"})))
-    assert out.logits.dtype == torch.float64 and out.attention["A<-V"][0].dtype == torch.float64
+    x = {m: v.to(device=device, dtype=dtype) for m, v in inputs().items()}
+    for model, names in (
+        (build_teacher(cfg, ("V", "A", "L")), ("A<-V", "V*")),
+        (build_student(cfg, "language_audio", "V", LENGTHS, "down"), ("V<-A", "V<-L")),
+        (build_student(cfg, "language_audio", "V", LENGTHS, "full"), ("V<-A",)),
+    ):
+        model = model.to(device=device, dtype=dtype).eval()
+        out = model(x, everything(names))
+        tensors = _tensors(out)
+        assert len(tensors) == 2 + 3 * len(names) * cfg.n_layers
+        for t in tensors:
+            assert t.device.type == device and t.dtype == dtype, (type(model).__name__, t.device, t.dtype)
+        assert out.logits.shape == (B, 7)
 
 
 def test_configurations_as_in_paper():
