@@ -52,8 +52,18 @@ MODULES: dict[str, list[str]] = {
         "--deselect",
         "tests/test_registry.py::test_no_pipeline_output_is_committed",
     ],
-    "report/stats": ["tests/test_report.py", "tests/test_table_numbers.py", *NEEDS_PIPELINE],
-    "report/table": ["tests/test_report.py", "tests/test_table_numbers.py", *NEEDS_PIPELINE],
+    "report/stats": [
+        "tests/test_report.py",
+        "tests/test_table_numbers.py",
+        "tests/test_stats_table.py",
+        *NEEDS_PIPELINE,
+    ],
+    "report/table": [
+        "tests/test_report.py",
+        "tests/test_table_numbers.py",
+        "tests/test_stats_table.py",
+        *NEEDS_PIPELINE,
+    ],
     "data/download": ["tests/test_data_download.py", "tests/test_download_fallback.py"],
     "data/acquire": ["tests/test_data_sources.py", "tests/test_data_prepare.py", "tests/test_checksums.py"],
     "data/prepare": ["tests/test_data_prepare.py", "tests/test_data_sources.py", "tests/test_checksums.py"],
@@ -152,6 +162,9 @@ def mutant_diffs(cwd: Path, env: dict, names: list[str]) -> dict[str, str]:
 
 def run_module(module: str, workdir: Path, children: int, ref: str | None, summarize_only: bool = False) -> dict:
     dest = workdir / module.replace("/", "_")
+    commit = commit_of(ROOT, ref)  # before the copy: HEAD may move while the run goes on
+    if ref is not None:
+        ref = commit
     if not summarize_only:
         prepare_copy(module, dest, ref)
     env = dict(os.environ)
@@ -175,7 +188,7 @@ def run_module(module: str, workdir: Path, children: int, ref: str | None, summa
     not_killed = {name: {"status": status[name], "diff": diffs.get(name, "")} for name in survivors}
     report = {
         "module": f"src/mmdistill/{module}.py",
-        "commit": commit_of(ROOT, ref),
+        "commit": commit,
         "tests": [a for a in MODULES[module] if not a.startswith("tests/") or (dest / a.split("::")[0]).exists()],
         "mutmut_exit_code": returncode,
         "seconds": round(seconds) if returncode is not None else None,
