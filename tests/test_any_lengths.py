@@ -15,7 +15,6 @@ from mmdistill.models.configurations import CONFIGURATIONS
 from mmdistill.registry import Registry, Run
 
 LENGTHS = [
-    {"V": 12, "A": 12, "L": 6},  # the tiny study's
     {"V": 5, "A": 13, "L": 7},  # longer than the student's input, not a multiple of it
     {"V": 17, "A": 3, "L": 1},  # much shorter, not a divisor
     {"V": 1, "A": 2, "L": 9},
