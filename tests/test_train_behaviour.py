@@ -1,0 +1,144 @@
+"""The training loop's documented behaviour beyond determinism and resume: the weights kept are
+the best validation epoch's, early stopping, the learning-rate schedule, the history it
+returns, device choice, and a non-finite loss leaving the last good checkpoint in place."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+
+from mmdistill.train import loop
+from mmdistill.train.loop import NonFiniteLossError, TrainConfig, evaluate, resolve_device, train
+from tests.test_train import CFG, make_model, make_split
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def run(tmp_path, cfg, tag="r", train_split=None, **kw):
+    model = make_model()
+    res = train(
+        model,
+        train_split or make_split("train", 48, 1),
+        make_split("valid", 16, 2),
+        cfg,
+        seed=3,
+        run_label=f"test/{tag}",
+        resume_path=tmp_path / f"{tag}.pt",
+        config_hash="h",
+        progress=False,
+        **kw,
+    )
+    return model, res
+
+
+def test_history_and_best_weights(tmp_path, monkeypatch):
+    snapshots = {}
+    real_save = loop.save_resume
+
+    def keep(path, config_hash, model, *args, **kwargs):
+        state = args[-2]
+        snapshots[state["epoch"]] = {k: v.clone() for k, v in model.state_dict().items()}
+        return real_save(path, config_hash, model, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_resume", keep)
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 4, "early_stop": 10, "lr": 0.05})
+    model, res = run(tmp_path, cfg)
+    assert [h["epoch"] for h in res.history] == [1, 2, 3, 4] and res.epochs_run == 4
+    for h in res.history:
+        assert set(h) == {
+            "epoch",
+            "train_loss",
+            "train_ce",
+            "valid_loss",
+            "valid_acc7",
+            "valid_f1_weighted",
+            "lr",
+            "seconds",
+        }
+        assert h["train_loss"] == pytest.approx(h["train_ce"])  # no distillation term
+        assert 0 <= h["valid_acc7"] <= 1 and h["seconds"] > 0
+    losses = [h["valid_loss"] for h in res.history]
+    best = min(range(4), key=lambda i: losses[i])
+    assert res.best_epoch == best + 1 and res.best_valid_loss == losses[best]
+    assert res.train_seconds == pytest.approx(sum(h["seconds"] for h in res.history))
+    # the model returned holds the best epoch's weights, and its validation loss is the best one
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, snapshots[best + 1][k]), k
+    assert evaluate(model, make_split("valid", 16, 2), 16, torch.device("cpu"))["loss"] == pytest.approx(losses[best])
+    assert not math.isinf(res.best_valid_loss)
+
+
+def test_early_stop_and_learning_rate_schedule(tmp_path, monkeypatch):
+    # the validation loss never improves after epoch 1: the learning rate is cut after
+    # lr_patience bad epochs, and the run stops after early_stop bad epochs
+    values = iter([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    real_evaluate = loop.evaluate
+
+    def worsening(*args, **kwargs):
+        out = real_evaluate(*args, **kwargs)
+        out["loss"] = next(values)
+        return out
+
+    monkeypatch.setattr(loop, "evaluate", worsening)
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 8, "early_stop": 3, "lr_patience": 1, "lr_factor": 0.5})
+    _, res = run(tmp_path, cfg)
+    assert res.epochs_run == 4 and res.best_epoch == 1  # 1 good epoch, then 3 bad ones
+    assert [h["lr"] for h in res.history] == pytest.approx([3e-3, 3e-3, 1.5e-3, 1.5e-3])
+
+
+def test_a_finished_run_started_again_trains_no_more(tmp_path):
+    model, res = run(tmp_path, CFG, tag="done")
+    again_model, again = run(tmp_path, CFG, tag="done")
+    assert again.resumed_from_epoch == CFG.epochs == again.epochs_run
+    assert again.history == res.history
+    for a, b in zip(model.state_dict().values(), again_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_resume_file_from_other_settings_is_named_in_a_warning(tmp_path, caplog):
+    run(tmp_path, TrainConfig(**{**CFG.__dict__, "epochs": 1}), tag="x")
+    caplog.set_level(logging.WARNING, logger="mmdistill.train.loop")
+    model = make_model()
+    res = train(
+        model,
+        make_split("train", 48, 1),
+        make_split("valid", 16, 2),
+        CFG,
+        seed=3,
+        run_label="test/other",
+        resume_path=tmp_path / "x.pt",
+        config_hash="other",
+        progress=False,
+    )
+    assert res.resumed_from_epoch == 0
+    assert "test/other" in caplog.text and "x.pt was written under other settings; starting afresh" in caplog.text
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 2})
+    good = make_split("train", 48, 1)
+    _, first = run(tmp_path, TrainConfig(**{**CFG.__dict__, "epochs": 1}), tag="nan", train_split=good)
+    ckpt = torch.load(tmp_path / "nan.pt", weights_only=False)
+    bad = make_split("train", 48, 1)
+    bad.inputs["V"][:, -1, :] = float("inf")
+    with pytest.raises(NonFiniteLossError, match=r"test/nan: training loss is non-finite at epoch 2, step 1/3") as err:
+        run(tmp_path, cfg, tag="nan", train_split=bad)
+    assert str(tmp_path / "nan.pt") in str(err.value)
+    kept = torch.load(tmp_path / "nan.pt", weights_only=False)
+    assert kept["state"]["epoch"] == 1 == ckpt["state"]["epoch"]
+    for k, v in ckpt["model"].items():
+        assert torch.equal(v, kept["model"][k]), k
+
+
+def test_device_choice():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="train.device is 'cuda' but no CUDA device is available"):
+            resolve_device("cuda")
+    assert TrainConfig.from_dict(CFG.__dict__) == CFG
+    with pytest.raises(TypeError):
+        TrainConfig.from_dict({**CFG.__dict__, "epochz": 3})
