@@ -49,6 +49,7 @@ NEEDS_PIPELINE = [
 MODULES: dict[str, list[str]] = {
     "registry": [
         "tests/test_registry.py",
+        "tests/test_registry_contract.py",
         "--deselect",
         "tests/test_registry.py::test_no_pipeline_output_is_committed",
     ],
