@@ -296,7 +296,10 @@ def _tensors(out) -> list[torch.Tensor]:
     return found
 
 
-@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", "meta", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))],
+)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_teacher_and_student_follow_the_input_device_and_dtype(device, dtype):
     """Every output of both models is on the inputs' device and of their dtype: no tensor is
