@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -21,7 +22,8 @@ SHA = hashlib.sha256(PAYLOAD).hexdigest()
 class Server:
     """/good honours Range (416 with ``bytes */N`` for a range at or past the end);
     /wrong the same with other bytes of the same length; /once503 answers 503 to its first
-    request, then like /good; /always503 always 503."""
+    request, then like /good; /always503 always 503; /norangeheader answers a resume with 206
+    but no Content-Range; /stall waits 2 s before answering (404)."""
 
     def __init__(self):
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
@@ -38,7 +40,9 @@ class Server:
                 if self.path == "/always503" or (self.path == "/once503" and first_time):
                     self.send_error(503, "Service Unavailable")
                     return
-                if self.path not in ("/good", "/wrong", "/once503"):
+                if self.path == "/stall":
+                    time.sleep(2)
+                if self.path not in ("/good", "/wrong", "/once503", "/norangeheader"):
                     self.send_error(404, "Not Found")
                     return
                 body = PAYLOAD[::-1] if self.path == "/wrong" else PAYLOAD
@@ -51,7 +55,7 @@ class Server:
                     self.end_headers()
                     return
                 self.send_response(206 if start else 200)
-                if start:
+                if start and self.path != "/norangeheader":
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
@@ -137,3 +141,42 @@ def test_http_416_for_a_part_file_longer_than_the_file_restarts(server, tmp_path
     with pytest.raises(DownloadError, match=r"HTTP 416 for a resume at byte 75304; restarting from zero"):
         fetch([server.url("/good")], dest, progress=False, attempts=1, backoff=0)
     assert not part_path(dest).exists()
+
+
+def test_resume_answered_without_a_content_range_restarts_from_zero(server, tmp_path):
+    dest = tmp_path / "file.bin"
+    part_path(dest).write_bytes(PAYLOAD[:1000])
+    fetch([server.url("/norangeheader")], dest, sha256=SHA, progress=False, attempts=2, backoff=0)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.requests == [("/norangeheader", "bytes=1000-"), ("/norangeheader", None)]
+
+
+def test_defaults_retry_three_times_with_doubling_waits(server, tmp_path, monkeypatch):
+    waits = []
+    monkeypatch.setattr("mmdistill.data.download.time.sleep", waits.append)
+    with pytest.raises(DownloadError, match=r"gave up after 3 attempts"):
+        fetch([server.url("/always503")], tmp_path / "f.bin", progress=False)
+    assert waits == [1.0, 2.0] and len(server.requests) == 3
+
+
+def test_a_stalled_server_times_out(server, tmp_path):
+    with pytest.raises(DownloadError, match=r"timed out"):
+        fetch([server.url("/stall")], tmp_path / "f.bin", progress=False, timeout=0.3, attempts=1)
+
+
+def test_part_file_name_messages_and_progress(server, tmp_path, caplog, capsys):
+    dest = tmp_path / "a" / "b" / "file.bin"  # missing folders are made
+    assert part_path(dest) == tmp_path / "a" / "b" / "file.bin.part"  # the documented name
+    fetch([server.url("/good")], dest, sha256=SHA.upper(), progress=True)
+    assert dest.read_bytes() == PAYLOAD
+    assert "file.bin" in capsys.readouterr().err  # the progress bar names the file
+    caplog.set_level("INFO", logger="mmdistill.data.download")
+    fetch([server.url("/good")], dest, sha256=SHA, progress=False)
+    assert f"{dest} already present, not downloading" in caplog.text
+    assert len(server.requests) == 1
+    dest.write_bytes(b"other")
+    with pytest.raises(DownloadError, match=r"(?s)could not download file\.bin to .*sha256 mismatch for file\.bin"):
+        fetch([server.url("/wrong")], dest, sha256=SHA, progress=False, attempts=1)
+    assert f"{dest} exists but its sha256 differs from {SHA}: downloading again" in caplog.text
+    with pytest.raises(DownloadError, match=r"no URL given for file\.bin"):
+        fetch([], dest)
