@@ -161,22 +161,44 @@ def mutant_diffs(cwd: Path, env: dict, names: list[str]) -> dict[str, str]:
     return json.loads(out.stdout) if out.returncode == 0 else {}
 
 
-def run_module(module: str, workdir: Path, children: int, ref: str | None, summarize_only: bool = False) -> dict:
+def refresh_tests(module: str, dest: Path, ref: str | None) -> None:
+    """Replace the tests and the mutmut section of an earlier run's copy with this version's;
+    the source must be the same as in that run."""
+    fresh = dest.with_name(dest.name + ".fresh")
+    prepare_copy(module, fresh, ref)
+    for path in (fresh / "src").rglob("*"):
+        old = dest / path.relative_to(fresh)
+        if path.is_file() and (not old.is_file() or old.read_bytes() != path.read_bytes()):
+            shutil.rmtree(fresh)
+            raise SystemExit(f"{module}: {path.relative_to(fresh)} changed since the run in {dest}; run it afresh")
+    shutil.rmtree(dest / "tests")
+    shutil.copytree(fresh / "tests", dest / "tests", symlinks=True)
+    shutil.copy2(fresh / "pyproject.toml", dest / "pyproject.toml")
+    shutil.rmtree(fresh)
+
+
+def run_module(
+    module: str, workdir: Path, children: int, ref: str | None, summarize_only: bool = False, rerun: bool = False
+) -> dict:
     dest = workdir / module.replace("/", "_")
     commit = commit_of(ROOT, ref)  # before the copy: HEAD may move while the run goes on
     if ref is not None:
         ref = commit
-    if not summarize_only:
-        prepare_copy(module, dest, ref)
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)  # the mutated copy under mutants/src must be the one imported
     env.setdefault("OMP_NUM_THREADS", "1")
     env["MMDISTILL_TEST_MUTATION"] = "1"
+    names: list[str] = []
+    if rerun:  # only the mutants an earlier run of the same source did not kill, with these tests
+        names = sorted(n for n, st in results(dest, env).items() if st not in KILLED)
+        refresh_tests(module, dest, ref)
+    elif not summarize_only:
+        prepare_copy(module, dest, ref)
     start = time.time()
     returncode = None
-    if not summarize_only:
-        with open(workdir / f"{module.replace('/', '_')}.log", "w") as log:
-            cmd = ["mutmut", "run", "--max-children", str(children)]
+    if not summarize_only and (names or not rerun):
+        with open(workdir / f"{module.replace('/', '_')}{'.rerun' if rerun else ''}.log", "w") as log:
+            cmd = ["mutmut", "run", "--max-children", str(children), *names]
             returncode = subprocess.run(cmd, cwd=dest, env=env, stdout=log, stderr=log).returncode
     seconds = time.time() - start
     status = results(dest, env)
@@ -193,6 +215,7 @@ def run_module(module: str, workdir: Path, children: int, ref: str | None, summa
         "tests": [a for a in MODULES[module] if not a.startswith("tests/") or (dest / a.split("::")[0]).exists()],
         "mutmut_exit_code": returncode,
         "seconds": round(seconds) if returncode is not None else None,
+        "rerun_of_not_killed": len(names) if rerun else None,
         "mutants": len(status),
         "counts": counts,
         "score": round(killed / len(status), 4) if status else None,
@@ -208,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "mmdistill-mutation")
     ap.add_argument("--ref", help="test this commit instead of the working tree")
     ap.add_argument("--summarize-only", action="store_true", help="only summarize an earlier run in --workdir")
+    ap.add_argument(
+        "--rerun-not-killed",
+        action="store_true",
+        help="rerun only the mutants an earlier run (same source) did not kill, with this version's tests",
+    )
     ap.add_argument("--children", type=int, default=1, help="mutants tested at once (default 1)")
     args = ap.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
@@ -217,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("mutmut is not installed in this environment (pip install mutmut)")
     args.workdir.mkdir(parents=True, exist_ok=True)
     for module in args.modules:
-        r = run_module(module, args.workdir, args.children, args.ref, args.summarize_only)
+        r = run_module(module, args.workdir, args.children, args.ref, args.summarize_only, args.rerun_not_killed)
         print(
             f"{r['module']}: {r['score']:.1%} killed of {r['mutants']} mutants {r['counts']} in {r['seconds']} s",
             flush=True,
