@@ -1,7 +1,7 @@
-"""The registry accepts any positive sequence lengths for any student modality (a proxy longer
-than the student's input is up-sampled, a shorter one down-sampled); every such student must
-then give the teacher's shapes on every distilled pair, so that no accepted setting fails later
-in a loss."""
+"""The registry accepts sequence lengths for any student modality that the student cannot take
+directly (a proxy longer than the student's input is up-sampled, a shorter one down-sampled, by
+factors that need not divide); every such student must then give the teacher's shapes on every
+distilled pair, so that no accepted setting fails later in a loss."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from mmdistill.registry import Registry, Run
 
 LENGTHS = [
     {"V": 5, "A": 13, "L": 7},  # longer than the student's input, not a multiple of it
-    {"V": 17, "A": 3, "L": 1},  # much shorter, not a divisor
-    {"V": 1, "A": 2, "L": 9},
+    {"V": 17, "A": 3, "L": 2},  # much shorter, not a divisor
+    {"V": 2, "A": 3, "L": 9},
 ]
 
 
@@ -31,11 +31,11 @@ def test_accepted_lengths_give_the_teachers_shapes(params, modality, lengths):
     g = torch.Generator().manual_seed(0)
     x = {m: torch.randn(2, t, FEATURE_DIM[m], generator=g) for m, t in lengths.items()}
     torch.manual_seed(0)
-    teacher = build_from_blueprint(blueprint(reg, Run("teacher", "complete", 0))).eval()
+    teacher = build_from_blueprint(blueprint(reg, Run("teacher", "complete", 0), FEATURE_DIM)).eval()
     for name in ("c1_edam_s_attn", "c5_crd_attn", "c5_edam_t_attn"):
         spec = reg.students[name]
         pairs = frozenset(CONFIGURATIONS[spec.configuration].distilled_pairs)
-        student = build_from_blueprint(blueprint(reg, Run("student", name, 0))).eval()
+        student = build_from_blueprint(blueprint(reg, Run("student", name, 0), FEATURE_DIM)).eval()
         with torch.no_grad():
             s_out = student(x, Request(attention=pairs, post_attention=pairs))
             t_out = teacher(x, Request(attention=pairs, post_attention=pairs))

@@ -160,7 +160,13 @@ def test_post_attention_needs_the_teachers_transformers(params):
 def test_run_params_hold_what_determines_a_run(params):
     reg = Registry(params)
     d = params["data"]
-    data = {"source": "synthetic", "lengths": d["lengths"], "synthetic": d["synthetic"]}
+    data = {
+        "source": "synthetic",
+        "dataset": d["dataset"],
+        "label_rule": d["label_rule"],
+        "lengths": d["lengths"],
+        "synthetic": d["synthetic"],
+    }
     assert reg.data_identity() == data
     assert reg.run_params(Run("teacher", "video", 1)) == {
         "run": "teachers/video/seed1",

@@ -42,7 +42,7 @@ def setup(tmp_path_factory):
     prepare_dataset(params["data"], raw, d / "data.h5", d / "summary.json")
     splits = {s: load_split(d / "data.h5", s) for s in ("train", "valid")}
     torch.manual_seed(0)
-    teacher = build_from_blueprint(blueprint(reg, Run("teacher", "complete", 0)))
+    teacher = build_from_blueprint(blueprint(reg, Run("teacher", "complete", 0), splits["train"].feature_dims))
     return reg, splits, teacher.state_dict()
 
 
@@ -52,8 +52,9 @@ def fit(setup, name: str, resume_path):
     run = Run("student", name, 0)
     cfg = TrainConfig.from_dict(reg.params["train"])
     torch.manual_seed(run.seed)
-    model = build_from_blueprint(blueprint(reg, run))
-    teacher = build_from_blueprint(blueprint(reg, reg.teacher_run(run)))
+    dims = splits["train"].feature_dims
+    model = build_from_blueprint(blueprint(reg, run, dims))
+    teacher = build_from_blueprint(blueprint(reg, reg.teacher_run(run), dims))
     teacher.load_state_dict(teacher_state)
     kd = make_distillation(reg, run, model, splits["train"], splits["valid"], cfg.batch_size, teacher=teacher)
     res = train(
