@@ -190,7 +190,9 @@ def run_module(
     env["MMDISTILL_TEST_MUTATION"] = "1"
     names: list[str] = []
     if rerun:  # only the mutants an earlier run of the same source did not kill, with these tests
-        names = sorted(n for n, st in results(dest, env).items() if st not in KILLED)
+        earlier = results(dest, env)
+        names = sorted(n for n, st in earlier.items() if st not in KILLED)
+        (dest / "earlier_results.json").write_text(json.dumps(earlier))
         refresh_tests(module, dest, ref)
     elif not summarize_only:
         prepare_copy(module, dest, ref)
@@ -202,6 +204,11 @@ def run_module(
             returncode = subprocess.run(cmd, cwd=dest, env=env, stdout=log, stderr=log).returncode
     seconds = time.time() - start
     status = results(dest, env)
+    if (dest / "earlier_results.json").exists():
+        # mutmut forgets cached verdicts when the test selection changes: a mutant the earlier run
+        # killed is killed again by the same tests, which the newer selection still holds
+        earlier = json.loads((dest / "earlier_results.json").read_text())
+        status = {n: ("killed" if st == "not checked" and earlier.get(n) in KILLED else st) for n, st in status.items()}
     counts: dict[str, int] = {}
     for s in status.values():
         counts[s] = counts.get(s, 0) + 1
