@@ -155,6 +155,8 @@ def test_cost_line_edge_cases(params):
 def test_format_difference_cells():
     r = pd.Series({"d_acc": 1.234, "d_acc_ci_low": -0.5, "d_acc_ci_high": 2.0, "n_pairs": 3})
     assert format_difference(r, "acc") == "+1.23 [-0.50, +2.00]"
+    r = pd.Series({"d_acc": 0.1, "d_acc_ci_low": -0.3, "d_acc_ci_high": 0.5, "n_pairs": 3})
+    assert format_difference(r, "acc") == "+0.10 [-0.30, +0.50]"  # the interval holds 0: no mark
     r = pd.Series({"d_acc": -2.0, "d_acc_ci_low": -3.0, "d_acc_ci_high": -1.0, "n_pairs": 3})
     assert format_difference(r, "acc") == "-2.00 [-3.00, -1.00] ✓"
     r = pd.Series({"d_acc": 2.0, "d_acc_ci_low": math.nan, "d_acc_ci_high": math.nan, "n_pairs": 1})
@@ -210,3 +212,24 @@ def test_no_baseline_gives_an_empty_frame_and_a_message(params, caplog):
     assert diffs.empty and list(diffs.columns[:3]) == ["name", "baseline", "n_pairs"]
     assert len(diffs.columns) == 3 + 2 * 5
     assert "no student without distillation" in caplog.text
+
+
+def test_baseline_falls_back_to_the_first_student_without_kd(params):
+    reg = Registry(params)
+    pairs = stats.baselines(reg)
+    # configurations without their own no-KD student are compared with the first one (nokd)
+    assert pairs["c2_crd_final"] == pairs["c1_edam_s_attn"] == pairs["c5_hinton"] == "nokd"
+    assert set(pairs) == {n for n, s in reg.students.items() if s.distils}
+
+
+def test_paired_differences_use_the_confidence_given(params):
+    params["seeds"] = [0, 1, 2]
+    reg = Registry(params)
+    runs = pd.DataFrame(
+        [{"role": "student", "name": "nokd", "seed": k, "acc": 40.0 + k, "f1": 30.0 + k * k} for k in range(3)]
+        + [{"role": "student", "name": "c5_hinton", "seed": k, "acc": 43.0 + 2 * k, "f1": 31.0} for k in range(3)]
+    )
+    wide = stats.paired_differences(reg, runs).set_index("name").loc["c5_hinton"]
+    narrow = stats.paired_differences(reg, runs, confidence=0.5).set_index("name").loc["c5_hinton"]
+    assert narrow.d_acc_ci_low > wide.d_acc_ci_low and narrow.d_acc_ci_high < wide.d_acc_ci_high
+    assert narrow.d_acc == wide.d_acc == 4.0
