@@ -22,7 +22,8 @@ SHA = hashlib.sha256(PAYLOAD).hexdigest()
 class Server:
     """/good honours Range (416 with ``bytes */N`` for a range at or past the end);
     /wrong the same with other bytes of the same length; /once503 answers 503 to its first
-    request, then like /good; /always503 always 503; /norangeheader answers a resume with 206
+    request, then like /good (/once500 likewise with 500); /always503 always 503; /nolength sends
+    the body without Content-Length; /norangeheader answers a resume with 206
     but no Content-Range; /stall waits 2 s before answering (404)."""
 
     def __init__(self):
@@ -40,9 +41,17 @@ class Server:
                 if self.path == "/always503" or (self.path == "/once503" and first_time):
                     self.send_error(503, "Service Unavailable")
                     return
+                if self.path == "/once500" and first_time:
+                    self.send_error(500, "Internal Server Error")
+                    return
+                if self.path == "/nolength":  # the end of the body is the end of the connection
+                    self.send_response(200)
+                    self.end_headers()
+                    self.wfile.write(PAYLOAD)
+                    return
                 if self.path == "/stall":
                     time.sleep(2)
-                if self.path not in ("/good", "/wrong", "/once503", "/norangeheader"):
+                if self.path not in ("/good", "/wrong", "/once503", "/once500", "/norangeheader"):
                     self.send_error(404, "Not Found")
                     return
                 body = PAYLOAD[::-1] if self.path == "/wrong" else PAYLOAD
@@ -87,11 +96,18 @@ def test_checksum_mismatch_moves_on_to_the_next_url(server, tmp_path):
     assert not part_path(dest).exists()
 
 
-def test_server_error_is_retried_on_the_same_url(server, tmp_path):
+@pytest.mark.parametrize("path", ["/once503", "/once500"])
+def test_server_error_is_retried_on_the_same_url(server, tmp_path, path):
     dest = tmp_path / "file.bin"
-    fetch([server.url("/once503")], dest, sha256=SHA, progress=False, attempts=2, backoff=0)
+    fetch([server.url(path)], dest, sha256=SHA, progress=False, attempts=2, backoff=0)
     assert dest.read_bytes() == PAYLOAD
-    assert [p for p, _ in server.requests] == ["/once503", "/once503"]
+    assert [p for p, _ in server.requests] == [path, path]
+
+
+def test_body_without_content_length(server, tmp_path):
+    dest = tmp_path / "file.bin"
+    fetch([server.url("/nolength")], dest, sha256=SHA, progress=False, attempts=1)
+    assert dest.read_bytes() == PAYLOAD
 
 
 def test_server_errors_use_up_the_attempts_then_the_next_url(server, tmp_path):
