@@ -66,7 +66,12 @@ MODULES: dict[str, list[str]] = {
         *NEEDS_PIPELINE,
     ],
     "data/download": ["tests/test_data_download.py", "tests/test_download_fallback.py"],
-    "data/acquire": ["tests/test_data_sources.py", "tests/test_data_prepare.py", "tests/test_checksums.py"],
+    "data/acquire": [
+        "tests/test_data_sources.py",
+        "tests/test_data_prepare.py",
+        "tests/test_checksums.py",
+        "tests/test_acquire_folds.py",
+    ],
     "data/prepare": ["tests/test_data_prepare.py", "tests/test_data_sources.py", "tests/test_checksums.py"],
     "train/loop": ["tests/test_train.py", "tests/test_train_behaviour.py", "tests/test_resume_distill.py"],
 }
