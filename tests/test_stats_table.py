@@ -233,3 +233,49 @@ def test_paired_differences_use_the_confidence_given(params):
     narrow = stats.paired_differences(reg, runs, confidence=0.5).set_index("name").loc["c5_hinton"]
     assert narrow.d_acc_ci_low > wide.d_acc_ci_low and narrow.d_acc_ci_high < wide.d_acc_ci_high
     assert narrow.d_acc == wide.d_acc == 4.0
+
+
+def test_table_rows_columns_and_teachers_without_students(params, tmp_path):
+    import json as _json
+
+    from mmdistill.registry import Run
+    from mmdistill.report.table import collect_runs, table1
+    from tests.test_table_numbers import write_results
+
+    params["students"] = {k: v for k, v in params["students"].items() if v["teacher"] in (None, "video")}
+    reg = Registry(params, root=tmp_path)
+    write_results(reg, np.random.default_rng(3))
+    runs = collect_runs(reg)
+    m = _json.loads(reg.metrics(Run("teacher", "audio", reg.seeds[0])).read_text())
+    row = runs[(runs.role == "teacher") & (runs.name == "audio") & (runs.seed == reg.seeds[0])].iloc[0]
+    for col, key in (("mae", "mae"), ("pearson", "pearson")):
+        assert row[col] == m["test"][key]
+    for col in ("parameters", "epochs_run", "best_epoch", "train_seconds"):
+        assert row[col] == m[col]
+    assert row.valid_acc == pytest.approx(100 * m["valid"]["acc7"])
+    table = table1(reg, runs, _json.loads(reg.profile().read_text()))
+    nokd = table[table.name == "nokd"].iloc[0]
+    assert (nokd.group, nokd.configuration, nokd.teacher, nokd.method, nokd.level) == (
+        "",
+        "language_audio",
+        "",
+        "none",
+        "",
+    )
+    crd = table[table.name == "c2_crd_final"].iloc[0]
+    assert (crd.group, crd.configuration, crd.teacher, crd.method, crd.level) == (
+        "KD from Video Branch",
+        "video",
+        "video",
+        "crd",
+        "final",
+    )
+    # teachers no student distils from close the table, in their own group, with the paper's value
+    rest = table[table.group == "Teachers without a student"]
+    assert list(rest.name) == ["complete", "language", "audio"] and (rest.network == "Teacher").all()
+    assert list(table.name[-3:]) == ["complete", "language", "audio"]
+    audio = rest[rest.name == "audio"].iloc[0]
+    assert audio.description == "Teacher 'audio' (branches A)" and audio.paper_acc == 49.217
+    assert (audio.configuration, audio.teacher, audio.method, audio.level) == ("", "", "", "")
+    assert table[table.name == "complete"].iloc[0].description == "Teacher 'complete' (branches V+A+L)"
+    assert table[table.name == "video"].iloc[0].group == "KD from Video Branch"
