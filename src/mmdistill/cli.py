@@ -159,7 +159,7 @@ def cmd_report(args) -> int:
     from mmdistill.io import clean_temporaries, read_json, write_text
     from mmdistill.report.figures import make_figures
     from mmdistill.report.stats import add_paired_stats
-    from mmdistill.report.table import collect_runs, cost_ratios, table1, to_markdown
+    from mmdistill.report.table import collect_runs, cost_ratios, split_note, table1, to_markdown
 
     reg = _registry(args)
     clean_temporaries(reg.figures_dir())  # left by a report killed while writing a figure
@@ -172,7 +172,9 @@ def cmd_report(args) -> int:
     table = add_paired_stats(table1(reg, runs, profile), reg, runs)
     ratios = cost_ratios(table, reg, runs)
     write_text(reg.table("csv"), table.to_csv(index=False, float_format="%.4f"))
-    write_text(reg.table("md"), to_markdown(table, ratios, profile, reg.source, reg.params["data"]["label_rule"]))
+    split = split_note(read_json(reg.data_summary())) if reg.data_summary().exists() else None
+    md = to_markdown(table, ratios, profile, reg.source, reg.params["data"]["label_rule"], split=split)
+    write_text(reg.table("md"), md)
     log.info("wrote %s and %s", reg.table("csv"), reg.table("md"))
     t0 = time.perf_counter()
     figures = make_figures(reg, table, runs, profile, reg.figures_dir())

@@ -295,6 +295,18 @@ class Registry:
             return self.raw_dir() / raw_file_name(self.source, self.params["data"]["dataset"])
         return self.raw_dir()
 
+    def folds_files(self) -> list[Path]:
+        """The folds file `prepare` reads, an input of it in both pipelines: one for ``sdk_csd``
+        (``data.sdk_csd.folds``), none for the other sources and for the hash split."""
+        cfg = self.params["data"]["sdk_csd"]
+        if self.source != "sdk_csd" or cfg.get("hash_split"):
+            return []
+        return [self.root / Path(cfg["folds"]).expanduser()]  # as mmdistill.data.split.folds_file
+
+    def hash_split(self) -> bool:
+        """Whether the data are split by a hash of the video id instead of folds (not the standard split)."""
+        return self.source == "sdk_csd" and bool(self.params["data"]["sdk_csd"].get("hash_split"))
+
     def prepared(self) -> Path:
         return self.root / "data" / "prepared" / f"{self.source}.h5"
 

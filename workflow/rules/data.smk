@@ -1,5 +1,6 @@
 # Data stage: download (or generate) -> prepare.
 # No `conda:` or `container:` per rule: see the note on `snakemake --lint` in the Snakefile.
+import sys
 
 
 localrules:
@@ -19,9 +20,18 @@ rule download:
         cli("download") + " > {log} 2>&1"
 
 
+if REG.hash_split():
+    print(
+        "WARNING: data.sdk_csd.hash_split is set: videos are split by a hash of their id, which is "
+        "NOT the standard split; results cannot be compared with the paper's (Table 1 says so)",
+        file=sys.stderr,
+    )
+
+
 rule prepare:
     input:
-        str(REG.raw_input()),
+        raw=str(REG.raw_input()),
+        folds=[str(p) for p in REG.folds_files()],  # given or shipped: a changed file re-runs prepare
     output:
         h5=str(REG.prepared()),
         summary=str(REG.data_summary()),

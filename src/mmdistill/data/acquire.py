@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmdistill.data import catalogue, mmsa_pkl, mult_pkl, prepare, sdk_csd, synthetic
+from mmdistill.data import catalogue, mmsa_pkl, mult_pkl, prepare, sdk_csd, split, synthetic
 from mmdistill.data.dataset import DataError
 from mmdistill.data.download import fetch, sha256sum
 from mmdistill.io import atomic_path, write_json
@@ -26,7 +25,9 @@ log = logging.getLogger(__name__)
 SOURCES = ("synthetic", "mult_pkl", "mmsa_pkl", "sdk_csd")
 SYNTHETIC_NAME = "mosei_synthetic.pkl"
 MULT_PKL_NAME = "mosei_senti_data_noalign.pkl"
-FOLDS_NAME = "mosei_folds.json"  # optional, beside the .csd files: {"train": [ids], ...}
+OLD_FOLDS_NAME = (
+    "mosei_folds.json"  # read from beside the .csd files by earlier versions; now named by data.sdk_csd.folds
+)
 
 
 def acquire(data_cfg: dict, raw_dir: str | Path, progress: bool = True) -> Path:
@@ -69,17 +70,17 @@ def acquire(data_cfg: dict, raw_dir: str | Path, progress: bool = True) -> Path:
             )
         return fetch(cfg["urls"], dest, sha256, progress)
     cfg = data_cfg["sdk_csd"]
+    dataset = dataset_of(data_cfg)
     checksums = cfg.get("sha256") or {}
     if cfg.get("path"):
         directory = Path(cfg["path"]).expanduser()
-        for key, path in sdk_csd.locate(directory).items():
-            _link_into(_local_file(path, _csd_checksum(checksums, key)), raw_dir / path.name)
-        if (directory / FOLDS_NAME).is_file():
-            _link_into(directory / FOLDS_NAME, raw_dir / FOLDS_NAME)
+        _check_old_folds_file(directory, cfg)
+        for key, path in sdk_csd.locate(directory, dataset).items():
+            _link_into(_local_file(path, _csd_checksum(checksums, key, dataset)), raw_dir / path.name)
         return raw_dir
-    for key, rel in sdk_csd.CSD_FILES.items():
+    for key, rel in sdk_csd.CSD_FILES[dataset].items():
         urls = [base.rstrip("/") + "/" + rel for base in cfg["base_urls"]]
-        fetch(urls, raw_dir / Path(rel).name, _csd_checksum(checksums, key), progress)
+        fetch(urls, raw_dir / Path(rel).name, _csd_checksum(checksums, key, dataset), progress)
     return raw_dir
 
 
@@ -104,6 +105,21 @@ def expected_sha256(data_cfg: dict) -> str | None:
     return value.lower() if value else None
 
 
+def _check_old_folds_file(directory: Path, cfg: dict) -> None:
+    """A folds file beside the .csd files is not read: refuse to ignore it silently when it differs."""
+    old = directory / OLD_FOLDS_NAME
+    if not old.is_file():
+        return
+    used = split.folds_file(cfg)
+    if used is not None and used.is_file() and split.read_folds(old) == split.read_folds(used):
+        return
+    raise DataError(
+        f"{old}: a folds file beside the .csd files is not read; the folds come from data.sdk_csd.folds "
+        f"(now: {'the hash split' if used is None else used}). To use this file, set data.sdk_csd.folds: {old} "
+        "(and hash_split: false); otherwise move it away"
+    )
+
+
 def _link_into(src: Path, dst: Path) -> Path:
     """Hard-link ``src`` to ``dst`` (atomically replacing it); copy where linking is impossible."""
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +140,8 @@ def prepare_dataset(data_cfg: dict, raw_path: str | Path, out_h5: str | Path, su
 
     See :mod:`mmdistill.data.prepare` for the rules. The summary records the source, lengths,
     rounding rule, per-split counts (samples, classes, NaN/inf, empty and cut sequences) and the
-    sha256 of the raw input file(s).
+    sha256 of the raw input file(s); for ``sdk_csd`` also the folds (``raw.folds``: which file,
+    whether they are the standard ones, videos in no fold) and the reader's counts (``raw.csd``).
     """
     raw_path = Path(raw_path)
     source = _source(data_cfg)
@@ -140,9 +157,7 @@ def prepare_dataset(data_cfg: dict, raw_path: str | Path, out_h5: str | Path, su
         digests = {raw_path.name: sha256sum(raw_path)}
         padding = "right"
     else:
-        folds, extra["folds"] = _folds(data_cfg["sdk_csd"], raw_path)
-        raw = sdk_csd.load(raw_path, lengths, folds)
-        digests = {p.name: sha256sum(p) for p in sdk_csd.locate(raw_path).values()}
+        raw, digests, extra = _read_csd(data_cfg, raw_path)
     if source in ("mult_pkl", "mmsa_pkl"):
         extra["verified"] = _verification(data_cfg, digests[raw_path.name])
     label_rule = data_cfg.get("label_rule", "round")
@@ -160,6 +175,29 @@ def prepare_dataset(data_cfg: dict, raw_path: str | Path, out_h5: str | Path, su
     write_json(summary_json, summary)
     log.info("prepared %s: %s samples per split -> %s", source, summary["n"], out_h5)
     return summary
+
+
+def _read_csd(data_cfg: dict, raw_dir: Path) -> tuple[dict, dict[str, str], dict]:
+    """The ``sdk_csd`` source: raw arrays, the files' sha256 and what the summary records of folds and files."""
+    cfg, dataset = data_cfg["sdk_csd"], dataset_of(data_cfg)
+    folds, folds_info = _folds(cfg, dataset)
+    raw, info = sdk_csd.load(raw_dir, data_cfg["lengths"], folds, dataset, _user_files(cfg, dataset))
+    for key in ("videos_in_no_fold", "videos_in_no_fold_examples", "fold_videos_without_labels"):
+        if key in info:
+            folds_info[key] = info.pop(key)
+    digests = {p.name: sha256sum(p) for p in sdk_csd.locate(raw_dir, dataset).values()}
+    return raw, digests, {"folds": folds_info, "csd": info}
+
+
+def _user_files(cfg: dict, dataset: str) -> dict[str, Path] | None:
+    """The user's own .csd files (given as ``path``), which messages name instead of their links in raw/."""
+    if not cfg.get("path"):
+        return None
+    try:
+        return sdk_csd.locate(Path(cfg["path"]).expanduser(), dataset)
+    except DataError:  # moved since the download step linked them: name the files read
+        log.info("%s no longer holds the .csd files; messages name the copies read", cfg["path"])
+        return None
 
 
 def _source(data_cfg: dict) -> str:
@@ -203,23 +241,37 @@ def _verification(data_cfg: dict, actual: str) -> str:
     return "unverified: no sha256 configured and not a published file"
 
 
-def _csd_checksum(checksums: dict[str, str], key: str) -> str | None:
+def _csd_checksum(checksums: dict[str, str], key: str, dataset: str) -> str | None:
     """Checksum of one .csd file, keyed by its file name or its path relative to the base URL."""
-    rel = sdk_csd.CSD_FILES[key]
+    rel = sdk_csd.CSD_FILES[dataset][key]
     return checksums.get(Path(rel).name) or checksums.get(rel)
 
 
-def _folds(cfg: dict, directory: Path) -> tuple[dict[str, list[str]] | None, str]:
-    """Folds from ``cfg['folds']`` or ``<directory>/mosei_folds.json``; else hash folds."""
-    path = Path(cfg["folds"]).expanduser() if cfg.get("folds") else directory / FOLDS_NAME
-    if cfg.get("folds") and not path.is_file():
-        raise DataError(f"{path}: configured folds file does not exist")
-    if not path.is_file():
-        return None, sdk_csd.HASH_FOLDS
-    try:
-        folds = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(folds, dict) or not all(isinstance(folds.get(s), list) for s in ("train", "valid", "test")):
-        raise DataError(f"{path}: expected {{'train': [video ids], 'valid': [...], 'test': [...]}}")
-    return folds, f"from {path}"
+def _folds(cfg: dict, dataset: str) -> tuple[dict[str, list[str]] | str, dict]:
+    """The folds of the ``sdk_csd`` source and how the summary describes them.
+
+    The folds file named by ``data.sdk_csd.folds`` (default: the standard folds shipped with the
+    package), or ``"hash"`` when ``data.sdk_csd.hash_split`` asks for the hash split.
+    """
+    path = split.folds_file(cfg)
+    if path is None:
+        message = split.hash_description(dataset)
+        log.warning("data.sdk_csd.hash_split is set: %s", message)
+        return "hash", {"kind": "hash", "standard": False, "description": message}
+    folds = split.read_folds(path)
+    split.check_dataset(path, dataset)
+    standard = split.is_standard(folds, dataset)
+    if standard:
+        description = f"the standard {split.DATASET_NAME[dataset]} folds (CMU-MultimodalSDK), from {path}"
+    else:
+        name = split.DATASET_NAME[dataset]
+        description = f"folds from {path}, which differ from the standard {name} folds: {split.NOT_STANDARD}"
+        log.warning("%s", description)
+    info = {
+        "kind": "file",
+        "standard": standard,
+        "path": str(path),
+        "sha256": sha256sum(path),
+        "description": description,
+    }
+    return folds, info

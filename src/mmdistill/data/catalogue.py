@@ -12,8 +12,10 @@ hold them:
   files by users of both): 1,284 / 229 / 686.
 
 A size that differs is a warning, not an error (a user may hold a subset). The ``sdk_csd``
-entries are ``None`` here: the segments the ``.csd`` reader makes depend on its folds and
-segmentation, and its module fills them in (:data:`EXPECTED_SIZES` is the one table to edit).
+entries are ``None``: no segment counts are published for the ``.csd`` files. The SDK's
+standard folds list videos (MOSEI 2,249 / 300 / 678, MOSI 52 / 10 / 31; shipped in
+``mmdistill/data/folds/``), and the summary's ``raw.folds`` reports the labelled videos no
+fold lists (:data:`EXPECTED_SIZES` is the one table to edit).
 
 Checksums: MMSA's README publishes the SHA-256 of its feature pickles (listed in
 :data:`PUBLISHED_SHA256`); MulT and the SDK publish none for their processed files.
@@ -33,8 +35,8 @@ EXPECTED_SIZES: dict[tuple[str, str], dict[str, int] | None] = {
     ("mosei", "mmsa_pkl"): SPLIT_SIZES_MOSEI,
     ("mosi", "mult_pkl"): SPLIT_SIZES_MOSI,
     ("mosi", "mmsa_pkl"): SPLIT_SIZES_MOSI,
-    ("mosei", "sdk_csd"): None,  # hook: filled by the .csd reader (standard folds)
-    ("mosi", "sdk_csd"): None,  # hook: filled by the .csd reader (standard folds)
+    ("mosei", "sdk_csd"): None,  # nothing published for the .csd files (see above)
+    ("mosi", "sdk_csd"): None,  # nothing published for the .csd files (see above)
 }
 
 # SHA-256 published in MMSA's README (thuiar/MMSA, section "Datasets"), by file

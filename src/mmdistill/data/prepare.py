@@ -12,7 +12,9 @@ Rules, applied per split and modality (all recorded in the summary):
 
   - ``padding='left'`` (MulT's pickles, the synthetic data, the ``.csd`` reader): the true length
     is the number of rows from the first row that is not all zero to the end (leading
-    all-zero rows are padding). NaN counts as non-zero, so a row of NaN is data.
+    all-zero rows are padding). NaN counts as non-zero, so a row of NaN is data. A reader
+    that cuts sequences itself (the ``.csd`` reader) states the rows before its cut under
+    ``lengths``, which are used instead, so that truncations are counted where the cut happens.
   - ``padding='right'`` (MMSA's pickles): the true steps are the first ``length[i]`` rows, as
     the source states them; rows after them are padding and dropped, even if not zero (they
     are counted). A stated length beyond the stored rows is clipped to them (counted). The
@@ -140,7 +142,8 @@ def prepare_split(
             raise DataError(f"split '{split}': '{key}' has shape {x.shape}; expected ({n}, T, D)")
         stats["stored_steps"][m] = int(x.shape[1])
         if padding == "left":
-            raw_len = true_lengths(x)  # (N,)
+            stated = m in d.get(LENGTHS_KEY, {})  # rows before a reader's own cut (mmdistill.data.sdk_csd)
+            raw_len = _given_lengths(d, m, n, split) if stated else true_lengths(x)  # (N,)
             x = fit_length(x, lengths[m])  # (N, T_m, D) float32, a copy
         else:
             given = _given_lengths(d, m, n, split)

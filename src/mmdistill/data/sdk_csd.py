@@ -1,30 +1,41 @@
-"""Reader for CMU-MultimodalSDK computational sequences (``.csd``) of CMU-MOSEI.
+"""Reader for CMU-MultimodalSDK computational sequences (``.csd``) of CMU-MOSEI and CMU-MOSI.
 
-A ``.csd`` file is HDF5 with one root group: ``/<root>/data/<video_id>/features`` (m x n) and
-``/<root>/data/<video_id>/intervals`` (m x 2, start and end in seconds), plus
-``/<root>/metadata/...`` (Zadeh et al. 2018, CMU-MultiComp-Lab/CMU-MultimodalSDK).
+Layout, as the SDK's ``write_CSD`` writes it (Zadeh et al. 2018, CMU-MultiComp-Lab/
+CMU-MultimodalSDK, ``mmsdk/mmdatasdk/computational_sequence/file_ops.py``): HDF5 with one root
+group ``/<root name>``, holding ``data/<video id>/features`` (m x n) and
+``data/<video id>/intervals`` (m x 2, start and end in seconds), and ``metadata/<key>``, each
+key a one-element string dataset holding JSON.
 
-Segments: every row of the label sequence (``CMU_MOSEI_Labels.csd``, column 0 = sentiment) is
-one segment, named ``<video_id>[<row>]`` as the SDK names them, with its interval ``[s, e]``.
-For each modality the segment takes, in time order, the feature rows of the same video whose
-interval overlaps it (``start < e and end > s``; a zero-width row counts when
-``s <= start < e``), then keeps the last ``T`` rows or left-pads with zeros, as
-:mod:`mmdistill.data.prepare` does for MulT's pickles. A video missing from a modality gives
-all-zero sequences (true length 0; prepare counts them).
+What the format requires (the SDK's reader fails without it, and so does this one, with a
+:class:`DataError` naming the file and, where one is concerned, the video): one root group with
+``data`` and ``metadata``; the metadata key ``root name``; per video, ``features`` and
+``intervals`` of the same number of rows, ``intervals`` of two columns. What it only recommends
+(the SDK logs "Missing metadata" and continues; so does this reader, with a warning): the other
+keys of the SDK's metadata template (description, dimension names, version, ...). Metadata
+values are not read: this reader needs none, and HDF5 can hang on a damaged string heap. Beyond the
+format, this reader needs finite intervals with ``end >= start``, one feature width per file,
+at least the sentiment column in the labels (column 0) and labels within [-3, 3].
 
-Folds: the standard MOSEI folds (2249 / 300 / 678 videos) are listed in the SDK
-(``mmsdk/mmdatasdk/dataset/standard_datasets/CMU_MOSEI/cmu_mosei_std_folds.py``) and are not
-shipped here. Pass them as ``folds`` (``{"train": [...], "valid": [...], "test": [...]}``,
-e.g. from a JSON file written from that module; videos in no fold are dropped). Without
-``folds`` every video is assigned by a hash of its id, in the standard proportions: the split
-is deterministic and leaves whole videos in one split, but it is not the standard split and
-results on it are not comparable with published ones (a warning is logged).
+Segments, numbered as the SDK's ``align`` numbers them: row ``i`` of a video's labels, in the
+order the file stores them (not sorted by time), is segment ``<video id>[<i>]`` with its
+interval ``[s, e]``. Rows with ``|e - s| < 1e-5`` are skipped, as ``align`` skips them (their
+number is not reused); they are counted. For each modality a segment takes, in time order,
+the feature rows of the same video whose interval overlaps it (``start < e and end > s``; a
+zero-width row counts when ``s <= start < e``), then keeps the last ``T`` rows or left-pads
+with zeros, as :mod:`mmdistill.data.prepare` does for MulT's pickles. The number of rows
+before that cut is returned (``lengths``: modality letter -> (N,)), so that prepare counts the true
+lengths and truncations. A video missing from a modality gives all-zero sequences (length 0,
+counted per modality); the SDK's ``align`` would drop such a video instead.
+
+Folds: see :mod:`mmdistill.data.split`. A labelled video that no fold lists is dropped,
+counted and logged.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -32,29 +43,59 @@ import numpy as np
 
 from mmdistill.data import SPLITS
 from mmdistill.data.dataset import DataError
-from mmdistill.modalities import FEATURE_DIM, FILE_KEY, MODALITIES
+from mmdistill.data.split import hash_fold
+from mmdistill.modalities import FILE_KEY, MODALITIES
 
 log = logging.getLogger(__name__)
 
-# paths relative to the SDK base URL; the files may also sit flat in one directory
+# paths relative to the SDK base URL of each data set; the files may also sit flat in one directory
 CSD_FILES = {
-    "L": "language/CMU_MOSEI_TimestampedWordVectors.csd",
-    "A": "acoustic/CMU_MOSEI_COVAREP.csd",
-    "V": "visual/CMU_MOSEI_VisualFacet42.csd",
-    "labels": "labels/CMU_MOSEI_Labels.csd",
+    "mosei": {
+        "L": "language/CMU_MOSEI_TimestampedWordVectors.csd",
+        "A": "acoustic/CMU_MOSEI_COVAREP.csd",
+        "V": "visual/CMU_MOSEI_VisualFacet42.csd",
+        "labels": "labels/CMU_MOSEI_Labels.csd",
+    },
+    "mosi": {
+        "L": "language/CMU_MOSI_TimestampedWordVectors.csd",
+        "A": "acoustic/CMU_MOSI_COVAREP.csd",
+        "V": "visual/CMU_MOSI_Visual_Facet_42.csd",
+        "labels": "labels/CMU_MOSI_Opinion_Labels.csd",
+    },
+}
+# label columns the SDK's label files hold; only column 0 (sentiment) is read
+LABEL_COLUMNS = {
+    "mosei": ("sentiment", "happy", "sad", "anger", "surprise", "disgust", "fear"),
+    "mosi": ("sentiment",),
 }
 SENTIMENT_COLUMN = 0
-STANDARD_FOLD_SIZES = {"train": 2249, "valid": 300, "test": 678}
-HASH_FOLDS = "sha256 of the video id, standard proportions 2249/300/678 (not the standard folds)"
+LABEL_RANGE = 3.0
+LABEL_TOLERANCE = 1e-4
+EPSILON = 1e-5  # the SDK's interval tolerance: label rows shorter than this are skipped
+REQUIRED_METADATA = ("root name",)
+# the SDK's featuresetMetadataTemplate (mmsdk/mmdatasdk/configurations/metadataconfigs.py)
+RECOMMENDED_METADATA = (
+    "computational sequence description",
+    "dimension names",
+    "computational sequence version",
+    "alignment compatible",
+    "dataset name",
+    "dataset version",
+    "creator",
+    "contact",
+    "featureset bib citation",
+    "dataset bib citation",
+)
+_EXAMPLES = 20  # video ids listed in the summary and the log per count
 
 
-def locate(directory: str | Path) -> dict[str, Path]:
-    """Paths of the four ``.csd`` files, flat in ``directory`` or under their SDK sub-folders."""
+def locate(directory: str | Path, dataset: str = "mosei") -> dict[str, Path]:
+    """Paths of the four ``.csd`` files of ``dataset``, flat in ``directory`` or under their SDK sub-folders."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise DataError(f"{directory}: not a directory holding the MOSEI .csd files")
+        raise DataError(f"{directory}: not a directory holding the {dataset} .csd files")
     found, missing = {}, []
-    for key, rel in CSD_FILES.items():
+    for key, rel in CSD_FILES[dataset].items():
         for cand in (directory / Path(rel).name, directory / rel):
             if cand.is_file():
                 found[key] = cand
@@ -66,116 +107,248 @@ def locate(directory: str | Path) -> dict[str, Path]:
     return found
 
 
-def hash_fold(video_id: str) -> str:
-    """Deterministic split of a video by the sha256 of its id, in the standard proportions."""
-    u = int(hashlib.sha256(video_id.encode()).hexdigest()[:16], 16) / 2**64
-    total = sum(STANDARD_FOLD_SIZES.values())
-    if u < STANDARD_FOLD_SIZES["train"] / total:
-        return "train"
-    if u < (STANDARD_FOLD_SIZES["train"] + STANDARD_FOLD_SIZES["valid"]) / total:
-        return "valid"
-    return "test"
-
-
 def load(
     directory: str | Path,
     lengths: dict[str, int],
-    folds: dict[str, list[str]] | None = None,
-) -> dict[str, dict[str, np.ndarray]]:
-    """Read the four ``.csd`` files into the MulT pickle layout (see the module docstring)."""
-    paths = locate(directory)
-    fold_of = _fold_map(folds)
-    if fold_of is None:
-        log.warning("no MOSEI folds given: splitting videos by %s", HASH_FOLDS)
-    with _open(paths["labels"]) as flab, _open(paths["L"]) as fl, _open(paths["A"]) as fa, _open(paths["V"]) as fv:
-        labels = _data(flab, paths["labels"])
-        feats = {"L": _data(fl, paths["L"]), "A": _data(fa, paths["A"]), "V": _data(fv, paths["V"])}
-        acc = {s: {k: [] for k in (*FILE_KEY.values(), "labels", "id")} for s in SPLITS}
-        absent = {m: 0 for m in MODALITIES}
-        dropped = 0
-        for vid in sorted(labels.keys()):
-            split = hash_fold(vid) if fold_of is None else fold_of.get(vid)
+    folds: dict[str, list[str]] | str,
+    dataset: str = "mosei",
+    shown: dict[str, Path] | None = None,
+) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
+    """Read the four ``.csd`` files into the MulT pickle layout (see the module docstring).
+
+    ``folds``: ``{"train": [video ids], ...}`` or ``"hash"`` for the hash split.
+    ``shown``: the path to name in messages for each file key (the user's own file when
+    ``directory`` holds links to it); default the file read.
+    Returns ``(raw, info)``: ``raw`` is ``split -> {text, audio, vision, lengths
+    {V, A, L: rows before the cut}, labels, id}``; ``info`` holds the counts of what was dropped, skipped or missing.
+    """
+    paths = locate(directory, dataset)
+    shown = {k: Path(shown[k]) if shown and k in shown else p for k, p in paths.items()}
+    if folds == "hash":
+        fold_of = None
+    elif isinstance(folds, dict):
+        fold_of = {vid: s for s in SPLITS for vid in folds[s]}
+    else:
+        raise ValueError(f"folds must be a dict of video id lists or 'hash', got {type(folds).__name__}")
+    warnings: list[str] = []
+    with (
+        _Csd(paths["labels"], shown["labels"], warnings) as flab,
+        _Csd(paths["L"], shown["L"], warnings) as fl,
+        _Csd(paths["A"], shown["A"], warnings) as fa,
+        _Csd(paths["V"], shown["V"], warnings) as fv,
+    ):
+        _check_label_columns(flab, dataset, warnings)
+        feats = {"L": fl, "A": fa, "V": fv}
+        dims = {m: feats[m].width() for m in MODALITIES}
+        keys = {m: FILE_KEY[m] for m in MODALITIES}
+        acc = {s: {k: [] for k in (*keys.values(), *MODALITIES, "labels", "id")} for s in SPLITS}
+        absent: dict[str, list[str]] = {m: [] for m in MODALITIES}
+        no_fold: list[str] = []
+        zero_width = 0
+        labelled = flab.videos()
+        for vid in labelled:
+            split = hash_fold(vid, dataset) if fold_of is None else fold_of.get(vid)
             if split is None:
-                dropped += 1
+                no_fold.append(vid)
                 continue
-            lab_x, lab_t = _read_video(labels[vid], paths["labels"], vid)
-            if lab_x.shape[1] <= SENTIMENT_COLUMN:
-                raise DataError(f"{paths['labels']}: video {vid} has no sentiment column")
+            lab_x, lab_t = flab.video(vid)
+            _check_labels(lab_x, flab.shown, vid)
             mods = {}
             for m in MODALITIES:
-                if vid in feats[m]:
-                    mods[m] = _read_video(feats[m][vid], paths[m], vid, FEATURE_DIM[m])
+                if feats[m].has(vid):
+                    x, t = feats[m].video(vid, dims[m])
+                    order = np.argsort(t[:, 0], kind="stable")  # time order, as the SDK's pre-alignment sorts
+                    mods[m] = (x[order], t[order])
                 else:
-                    absent[m] += 1
+                    absent[m].append(vid)
                     mods[m] = None
             a = acc[split]
-            for j, (s, e) in enumerate(lab_t):
+            for i, (s, e) in enumerate(lab_t):  # row order of the file: the SDK's segment numbers
+                if abs(e - s) < EPSILON:
+                    zero_width += 1
+                    continue
                 for m in MODALITIES:
-                    a[FILE_KEY[m]].append(_segment(mods[m], s, e, lengths[m], FEATURE_DIM[m]))
-                a["labels"].append(lab_x[j, SENTIMENT_COLUMN])
-                a["id"].append(f"{vid}[{j}]")
-    if dropped:
-        log.info("%d labelled videos are in no fold and were dropped", dropped)
+                    seq, n_rows = _segment(mods[m], s, e, lengths[m], dims[m])
+                    a[keys[m]].append(seq)
+                    a[m].append(n_rows)
+                a["labels"].append(lab_x[i, SENTIMENT_COLUMN])
+                a["id"].append(f"{vid}[{i}]")
+    info = {
+        "dataset": dataset,
+        "files": {k: str(p) for k, p in shown.items()},
+        "feature_widths": dims,
+        "labelled_videos": len(labelled),
+        "videos_in_no_fold": len(no_fold),
+        "videos_in_no_fold_examples": no_fold[:_EXAMPLES],
+        "zero_width_label_rows_skipped": zero_width,
+        "videos_without_features": {m: len(absent[m]) for m in MODALITIES},
+        "videos_without_features_examples": {m: absent[m][:_EXAMPLES] for m in MODALITIES},
+        "warnings": warnings,
+    }
+    if fold_of is not None:
+        info["fold_videos_without_labels"] = len(set(fold_of) - set(labelled))
+    if no_fold:
+        log.warning(
+            "%d of %d labelled videos are in no fold and were dropped (e.g. %s)",
+            len(no_fold),
+            len(labelled),
+            ", ".join(no_fold[:5]),
+        )
+    if zero_width:
+        log.info("%d label rows of zero duration skipped (as the SDK's align skips them)", zero_width)
     for m in MODALITIES:
         if absent[m]:
-            log.warning("%d labelled videos have no %s features (%s)", absent[m], FILE_KEY[m], paths[m].name)
+            log.warning(
+                "%d kept videos have no %s features in %s (all-zero sequences)", len(absent[m]), keys[m], shown[m]
+            )
     out = {}
     for split in SPLITS:
         a = acc[split]
         if not a["id"]:
             raise DataError(f"{directory}: no segment falls in split '{split}'")
-        out[split] = {FILE_KEY[m]: np.stack(a[FILE_KEY[m]]) for m in MODALITIES}
+        out[split] = {keys[m]: np.stack(a[keys[m]]) for m in MODALITIES}
+        out[split]["lengths"] = {m: np.asarray(a[m], dtype=np.int64) for m in MODALITIES}
         out[split]["labels"] = np.asarray(a["labels"], dtype=np.float32).reshape(-1, 1, 1)
         out[split]["id"] = np.array(a["id"])
-    return out
+    return out, info
 
 
-def _fold_map(folds: dict[str, list[str]] | None) -> dict[str, str] | None:
-    if folds is None:
-        return None
-    missing = [s for s in SPLITS if s not in folds]
-    if missing:
-        raise DataError(f"folds lack splits {missing} (has: {sorted(folds)})")
-    fold_of: dict[str, str] = {}
-    for split in SPLITS:
-        for vid in folds[split]:
-            if vid in fold_of and fold_of[vid] != split:
-                raise DataError(f"folds: video {vid!r} is in both '{fold_of[vid]}' and '{split}'")
-            fold_of[vid] = split
-    return fold_of
-
-
-def _open(path: Path) -> h5py.File:
+@contextmanager
+def _h5_errors(shown: Path, vid: str | None = None) -> Iterator[None]:
+    """HDF5 failures inside (a damaged or incomplete file) become a DataError naming the file (and video)."""
     try:
-        return h5py.File(path, "r")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot be opened as HDF5 ({exc})") from exc
-
-
-def _data(f: h5py.File, path: Path) -> h5py.Group:
-    roots = list(f.keys())
-    if len(roots) != 1:
-        raise DataError(f"{path}: expected one root group, found {roots}")
-    root = f[roots[0]]
-    if "data" not in root:
-        raise DataError(f"{path}: root group '{roots[0]}' has no 'data' group")
-    return root["data"]
-
-
-def _read_video(g: h5py.Group, path: Path, vid: str, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Features (m, n) and intervals (m, 2) of one video, sorted by start time."""
-    if "features" not in g or "intervals" not in g:
-        raise DataError(f"{path}: video {vid} lacks 'features' or 'intervals'")
-    x = np.asarray(g["features"][...], dtype=np.float32)
-    t = np.asarray(g["intervals"][...], dtype=np.float64)
-    if x.ndim != 2 or t.shape != (x.shape[0], 2):
+        yield
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        where = f"{shown}: video {vid}" if vid is not None else str(shown)
         raise DataError(
-            f"{path}: video {vid} has features {x.shape} and intervals {t.shape}; expected (m, n) and (m, 2)"
+            f"{where}: cannot be read ({type(exc).__name__}: {exc}); the file is damaged or incomplete, "
+            "download or copy it again"
+        ) from exc
+
+
+class _Csd:
+    """One open ``.csd`` file: checks its structure and metadata, reads videos; messages name ``shown``."""
+
+    def __init__(self, path: Path, shown: Path, warnings: list[str]):
+        self.path, self.shown, self._warnings = path, shown, warnings
+        self._file: h5py.File | None = None
+
+    def __enter__(self) -> _Csd:
+        with _h5_errors(self.shown):
+            try:
+                self._file = h5py.File(self.path, "r")
+            except OSError as exc:
+                raise DataError(f"{self.shown}: cannot be opened as HDF5 ({exc}); download or copy it again") from exc
+            roots = list(self._file.keys())
+            if len(roots) != 1:
+                raise DataError(f"{self.shown}: expected one root group (the computational sequence), found {roots}")
+            self.root_group = roots[0]
+            root = self._file[self.root_group]
+            for part in ("data", "metadata"):
+                if part not in root or not isinstance(root[part], h5py.Group):
+                    raise DataError(f"{self.shown}: root group '{self.root_group}' has no '{part}' group")
+            self.data = root["data"]
+            self.metadata_keys = self._check_metadata(root["metadata"])
+            self._video_ids = sorted(self.data.keys())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def _warn(self, message: str) -> None:
+        log.warning("%s", message)
+        self._warnings.append(message)
+
+    def _check_metadata(self, group: h5py.Group) -> list[str]:
+        """The metadata keys, checked for presence. Their values (JSON strings on the file's heap)
+        are not read: this reader needs none, and HDF5 can hang on a damaged heap."""
+        keys = list(group.keys())
+        missing = [k for k in REQUIRED_METADATA if k not in keys]
+        if missing:
+            raise DataError(
+                f"{self.shown}: metadata lacks {missing}, which the SDK's format requires "
+                f"(the root group is '{self.root_group}')"
+            )
+        recommended = [k for k in RECOMMENDED_METADATA if k not in keys]
+        if recommended:
+            self._warn(f"{self.shown}: metadata lacks keys the SDK recommends: {recommended}")
+        return keys
+
+    def videos(self) -> list[str]:
+        return list(self._video_ids)
+
+    def has(self, vid: str) -> bool:
+        with _h5_errors(self.shown, vid):
+            return vid in self.data
+
+    def width(self) -> int:
+        """Feature width of the file (from its first video); every video is checked against it when read."""
+        if not self._video_ids:
+            raise DataError(f"{self.shown}: holds no videos")
+        vid = self._video_ids[0]
+        with _h5_errors(self.shown, vid):
+            shape = self.data[vid]["features"].shape
+        if len(shape) != 2:
+            raise DataError(f"{self.shown}: video {vid} has features of shape {shape}; expected (rows, width)")
+        return int(shape[1])
+
+    def video(self, vid: str, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Features float32 (m, n) and intervals float64 (m, 2) of one video, in stored order."""
+        with _h5_errors(self.shown, vid):
+            g = self.data[vid]
+            if not isinstance(g, h5py.Group) or "features" not in g or "intervals" not in g:
+                raise DataError(f"{self.shown}: video {vid} lacks 'features' or 'intervals'")
+            x, t = g["features"][()], g["intervals"][()]
+        if x.dtype.kind not in "fiub" or t.dtype.kind not in "fiu":
+            raise DataError(
+                f"{self.shown}: video {vid} has features of dtype {x.dtype}, intervals {t.dtype}; expected numbers"
+            )
+        if x.ndim != 2 or t.shape != (x.shape[0], 2):
+            raise DataError(
+                f"{self.shown}: video {vid} has features {x.shape} and intervals {t.shape}; expected (m, n) and (m, 2)"
+            )
+        if width is not None and x.shape[1] != width:
+            raise DataError(
+                f"{self.shown}: video {vid} features have {x.shape[1]} columns; the file's first video has {width}"
+            )
+        t = t.astype(np.float64)
+        if not np.isfinite(t).all():
+            raise DataError(f"{self.shown}: video {vid} has {int((~np.isfinite(t)).sum())} non-finite interval bounds")
+        if (t[:, 1] < t[:, 0]).any():
+            row = int(np.argmax(t[:, 1] < t[:, 0]))
+            raise DataError(f"{self.shown}: video {vid} row {row}: interval {t[row].tolist()} ends before it starts")
+        return x.astype(np.float32), t
+
+
+def _check_label_columns(labels: _Csd, dataset: str, warnings: list[str]) -> None:
+    """The sentiment column is required; the SDK's other label columns are only recommended."""
+    width = labels.width()
+    if width <= SENTIMENT_COLUMN:
+        raise DataError(
+            f"{labels.shown}: labels have {width} columns; column {SENTIMENT_COLUMN} (sentiment) is required"
         )
-    if dim is not None and x.shape[1] != dim:
-        raise DataError(f"{path}: video {vid} features have {x.shape[1]} columns; expected {dim}")
-    order = np.argsort(t[:, 0], kind="stable")
-    return x[order], t[order]
+    expected = LABEL_COLUMNS[dataset]
+    if width != len(expected):
+        message = (
+            f"{labels.shown}: labels have {width} columns; the SDK's {dataset} labels have {len(expected)} "
+            f"({', '.join(expected)}); column {SENTIMENT_COLUMN} is read as sentiment"
+        )
+        log.warning("%s", message)
+        warnings.append(message)
+
+
+def _check_labels(x: np.ndarray, shown: Path, vid: str) -> None:
+    y = x[:, SENTIMENT_COLUMN].astype(np.float64)
+    bad = np.isnan(y) | (np.abs(y) > LABEL_RANGE + LABEL_TOLERANCE)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise DataError(
+            f"{shown}: video {vid}: {len(rows)} sentiment labels are NaN or outside [-3, 3] "
+            f"(row {int(rows[0])}: {y[rows[0]]:.4g}); sentiment lies in [-3, 3]"
+        )
 
 
 def _segment(
@@ -184,15 +357,16 @@ def _segment(
     e: float,
     T: int,
     dim: int,
-) -> np.ndarray:
-    """Feature rows of a video overlapping [s, e], last T kept, left zero-padded: (T, dim)."""
+) -> tuple[np.ndarray, int]:
+    """Feature rows of a video overlapping [s, e], last T kept, left zero-padded: ((T, dim), rows before the cut)."""
     out = np.zeros((T, dim), dtype=np.float32)
     if video is None:
-        return out
+        return out, 0
     x, t = video
     start, end = t[:, 0], t[:, 1]
     hit = (start < e) & ((end > s) | ((end == start) & (start >= s)))
-    rows = x[hit][-T:]  # (<=T, dim)
-    if len(rows):
-        out[T - len(rows) :] = rows
-    return out
+    rows = x[hit]  # (n, dim)
+    kept = rows[-T:]
+    if len(kept):
+        out[T - len(kept) :] = kept
+    return out, len(rows)

@@ -205,19 +205,32 @@ def _num(x: float, fmt: str = "{:.3f}") -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
 
+def split_note(data_summary: dict[str, Any]) -> str | None:
+    """What the heading says when the data were not split by the standard folds (from prepare's summary)."""
+    folds = data_summary.get("raw", {}).get("folds")
+    if isinstance(folds, dict) and not folds.get("standard", True):
+        return folds.get("description", "not the standard split")
+    return None
+
+
 def to_markdown(
     table: pd.DataFrame,
     ratios: dict[str, Any] | None,
     profile: dict[str, Any],
     source: str,
     label_rule: str = "round",
+    *,
+    split: str | None = None,
 ) -> str:
+    """``split``: a note (:func:`split_note`) that the split is not the standard one, shown in the heading."""
     from mmdistill.data.catalogue import LABEL_RULE_SHORT
 
     paired = "d_acc" in table  # columns of mmdistill.report.stats.add_paired_stats
     lines = [
-        f"# Table 1 — data: `{source}`; 7 classes: {LABEL_RULE_SHORT[label_rule]} (label rule `{label_rule}`)",
+        f"# Table 1 — data: `{source}`; 7 classes: {LABEL_RULE_SHORT[label_rule]} (label rule `{label_rule}`)"
+        + (" — NOT the standard split" if split else ""),
         "",
+        *([f"**Split: {split}. The paper's values below are on the standard split.**", ""] if split else []),
         "Accuracy and weighted F1 on the test split in percent, mean ± std over seeds; "
         "the paper's values (CMU-MOSEI unaligned) beside ours. Latency: median inference time per "
         f"forward pass on {profile['device']} with {profile['threads']} thread(s).",
