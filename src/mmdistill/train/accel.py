@@ -48,7 +48,7 @@ def compile_model(model: nn.Module, mode: str, backend: str = "inductor") -> nn.
                 mode,
                 backend,
                 type(exc).__name__,
-                str(exc).splitlines()[0] if str(exc) else "",
+                " ".join(str(exc).split())[:600],  # the cause, on one line
             )
             state["fn"] = eager
             return eager(*args, **kwargs)
