@@ -30,9 +30,20 @@ def method_name(key: str) -> str:
     return key.split("_")[0]
 
 
-def make_models(lengths: dict[str, int], configuration: str = "language_audio", proxy: str = "down", seed: int = 0):
+NO_DROPOUT = {"relu_dropout": 0.0, "res_dropout": 0.0, "embed_dropout": 0.0, "attn_dropout": 0.0}
+
+
+def make_models(
+    lengths: dict[str, int],
+    configuration: str = "language_audio",
+    proxy: str = "down",
+    seed: int = 0,
+    **model: float,
+):
+    """A complete teacher (frozen, eval mode) and a student of ``configuration``; ``model``
+    overrides :data:`TINY_MODEL` (e.g. ``**NO_DROPOUT``)."""
     torch.manual_seed(seed)
-    cfg = ModelConfig.from_dict(TINY_MODEL)
+    cfg = ModelConfig.from_dict({**TINY_MODEL, **model})
     teacher = build_teacher(cfg, ("V", "A", "L")).eval().requires_grad_(False)
     student = build_student(cfg, configuration, "V", lengths, proxy)
     return teacher, student
