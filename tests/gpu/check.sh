@@ -37,12 +37,16 @@ if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
   PARAMS=(--params params.yaml --override params-paper.yaml)
   BENCH_ARGS=(--gpu-steps 10 --budget-s 240 --compile-modes reduce-overhead)
   TEST_SELECT=(-m cuda)
+  TESTS_TIMEOUT=150; BENCH_TIMEOUT=330
 elif [[ "${MMDISTILL_GPU_CHECK_ALLOW_CPU:-0}" == 1 ]]; then
   DEVICE=cpu; DRY=1
   echo "check.sh: no CUDA device; dry run on the CPU (MMDISTILL_GPU_CHECK_ALLOW_CPU=1): figures describe this CPU" >&2
   PARAMS=(--params params.yaml --override tests/tiny.yaml)
-  BENCH_ARGS=(--gpu-steps 1 --budget-s 60 --compile-modes none)
+  # every section once at tiny sizes, one thread; a loaded CPU may take long: no 8-minute limit here
+  BENCH_ARGS=(--gpu-steps 1 --budget-s 3000 --compile-modes none)
   TEST_SELECT=(-m "not cuda")
+  TESTS_TIMEOUT=1800; BENCH_TIMEOUT=3600
+  export OMP_NUM_THREADS=1
 else
   echo "check.sh: no CUDA device (torch.cuda.is_available() is False); set MMDISTILL_GPU_CHECK_ALLOW_CPU=1 for a dry run on the CPU" >&2
   exit 2
@@ -51,7 +55,7 @@ fi
 echo "== CUDA tests ($DEVICE)" >&2
 TESTS_RC=-1
 if "$PY" -c "import pytest" 2>/dev/null; then
-  timeout 150 "$PY" -m pytest tests/test_cuda.py "${TEST_SELECT[@]}" -q -rs -p no:cacheprovider \
+  timeout "$TESTS_TIMEOUT" "$PY" -m pytest tests/test_cuda.py "${TEST_SELECT[@]}" -q -rs -p no:cacheprovider \
     --junitxml="$WORK/tests.xml" 2>&1 | tee "$WORK/tests.log" >&2
   TESTS_RC=${PIPESTATUS[0]}
 else
@@ -59,7 +63,7 @@ else
 fi
 
 echo "== GPU benchmark ($DEVICE)" >&2
-timeout 330 "$PY" -m mmdistill bench "${PARAMS[@]}" --what gpu --device "$DEVICE" "${BENCH_ARGS[@]}" \
+timeout "$BENCH_TIMEOUT" "$PY" -m mmdistill bench "${PARAMS[@]}" --what gpu --device "$DEVICE" "${BENCH_ARGS[@]}" \
   --out "$WORK/bench" 2>&1 | tee "$WORK/bench.log" >&2
 BENCH_RC=${PIPESTATUS[0]}
 
