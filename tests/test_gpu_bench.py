@@ -41,6 +41,7 @@ def test_every_section_runs_on_the_cpu():
         assert set(launch["step_s_by_batch"]) == {"1", "2", "4", "8"}
         assert launch["kernels_per_step"] is None  # the profiler's kernel count needs CUDA
     assert set(r["compile"]) == {"teacher", "student_nokd"}
+    assert set(r["targets"]["met"].values()) == {None}  # no verdicts on a CPU
     assert r["targets"]["teacher_epoch_s"]["fp32"] == pytest.approx(
         MOSEI_SPLITS["train"] / r["cases"]["teacher"]["fp32"]["samples_per_s"]
     )

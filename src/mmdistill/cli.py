@@ -220,6 +220,7 @@ def cmd_bench(args) -> int:
             steps=args.gpu_steps,
             budget_s=args.budget_s,
             log=log.info,
+            checkpoint=lambda partial: write_json(Path(args.out).with_suffix(".json"), partial),
         )
         from mmdistill.gpu_cost import project, to_text
 

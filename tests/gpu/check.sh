@@ -6,7 +6,8 @@
 # Needs python with torch (CUDA build), numpy, h5py, pandas, pyyaml, scipy; pytest for the tests
 # (without it the tests are reported as not run and the benchmark still runs). No snakemake,
 # dvc, jsonschema or network. Writes ${OUT:-results}/gpu-check.json and prints its figures.
-# Takes under 8 minutes: tests <= 150 s, benchmark budget 240 s (+ the section in progress).
+# Takes under 8 minutes: tests <= 120 s, benchmark <= 300 s (a 200 s budget for starting sections;
+# the benchmark's JSON is written after every section, so a run stopped at 300 s keeps its figures).
 #
 # Environment:
 #   OUT                            folder of gpu-check.json (default: results)
@@ -14,6 +15,7 @@
 #                                  the benchmark on the CPU at tests/tiny.yaml's sizes
 #   MMDISTILL_GPU_CHECK_BARE=1     block snakemake, dvc, jsonschema, tqdm, sklearn, matplotlib
 #                                  (tests/gpu/bare/sitecustomize.py) to prove they are not needed
+#   MMDISTILL_GPU_CHECK_TESTS_TIMEOUT, MMDISTILL_GPU_CHECK_BENCH_TIMEOUT  limits in seconds
 #   PYTHON                         interpreter (default: python)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -35,9 +37,9 @@ fi
 if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   DEVICE=cuda; DRY=0
   PARAMS=(--params params.yaml --override params-paper.yaml)
-  BENCH_ARGS=(--gpu-steps 10 --budget-s 240 --compile-modes reduce-overhead)
+  BENCH_ARGS=(--gpu-steps 10 --budget-s 200 --compile-modes reduce-overhead)
   TEST_SELECT=(-m cuda)
-  TESTS_TIMEOUT=150; BENCH_TIMEOUT=330
+  TESTS_TIMEOUT=${MMDISTILL_GPU_CHECK_TESTS_TIMEOUT:-120}; BENCH_TIMEOUT=${MMDISTILL_GPU_CHECK_BENCH_TIMEOUT:-300}
 elif [[ "${MMDISTILL_GPU_CHECK_ALLOW_CPU:-0}" == 1 ]]; then
   DEVICE=cpu; DRY=1
   echo "check.sh: no CUDA device; dry run on the CPU (MMDISTILL_GPU_CHECK_ALLOW_CPU=1): figures describe this CPU" >&2
@@ -45,7 +47,7 @@ elif [[ "${MMDISTILL_GPU_CHECK_ALLOW_CPU:-0}" == 1 ]]; then
   # every section once at tiny sizes, one thread; a loaded CPU may take long: no 8-minute limit here
   BENCH_ARGS=(--gpu-steps 1 --budget-s 3000 --compile-modes none)
   TEST_SELECT=(-m "not cuda")
-  TESTS_TIMEOUT=1800; BENCH_TIMEOUT=3600
+  TESTS_TIMEOUT=${MMDISTILL_GPU_CHECK_TESTS_TIMEOUT:-1800}; BENCH_TIMEOUT=${MMDISTILL_GPU_CHECK_BENCH_TIMEOUT:-3600}
   export OMP_NUM_THREADS=1
 else
   echo "check.sh: no CUDA device (torch.cuda.is_available() is False); set MMDISTILL_GPU_CHECK_ALLOW_CPU=1 for a dry run on the CPU" >&2
@@ -67,10 +69,10 @@ timeout "$BENCH_TIMEOUT" "$PY" -m mmdistill bench "${PARAMS[@]}" --what gpu --de
   --out "$WORK/bench" 2>&1 | tee "$WORK/bench.log" >&2
 BENCH_RC=${PIPESTATUS[0]}
 
-"$PY" - "$WORK" "$OUT_DIR/gpu-check.json" "$DEVICE" "$DRY" "$TESTS_RC" "$BENCH_RC" "$T0" <<'PYEOF'
+"$PY" - "$WORK" "$OUT_DIR/gpu-check.json" "$DEVICE" "$DRY" "$TESTS_RC" "$BENCH_RC" "$T0" "${PARAMS[3]}" <<'PYEOF'
 import json, os, sys, time, platform
 import xml.etree.ElementTree as ET
-work, out, device, dry, tests_rc, bench_rc, t0 = sys.argv[1:]
+work, out, device, dry, tests_rc, bench_rc, t0, override = sys.argv[1:]
 blocked = []
 for name in ("snakemake", "dvc", "jsonschema", "tqdm", "sklearn", "matplotlib"):
     try:
@@ -96,6 +98,13 @@ else:
 bench_path = os.path.join(work, "bench.json")
 bench = json.load(open(bench_path)) if os.path.exists(bench_path) else {"error": open(os.path.join(work, "bench.log")).read()[-4000:]}
 projection = bench.pop("projection", None)
+if projection is None and "cases" in bench:  # the benchmark was stopped before its projection
+    try:
+        from mmdistill.gpu_cost import project
+        from mmdistill.registry import Registry
+        projection = project(bench, Registry.from_file("params.yaml", overrides=[override]))
+    except Exception as exc:
+        projection = {"error": f"{type(exc).__name__}: {exc}"}
 result = {
     "check": {
         "device": device,
