@@ -98,6 +98,9 @@ else:
 bench_path = os.path.join(work, "bench.json")
 bench = json.load(open(bench_path)) if os.path.exists(bench_path) else {"error": open(os.path.join(work, "bench.log")).read()[-4000:]}
 projection = bench.pop("projection", None)
+if "targets" not in bench and "cases" in bench:  # the benchmark was stopped before its targets
+    from mmdistill.gpu_bench import targets
+    bench["targets"] = targets(bench)
 if projection is None and "cases" in bench:  # the benchmark was stopped before its projection
     try:
         from mmdistill.gpu_cost import project
