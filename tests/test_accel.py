@@ -59,6 +59,8 @@ def test_compiled_forward_captures_a_graph_and_gives_the_eager_numbers():
     assert counters["stats"]["unique_graphs"] >= 1  # Dynamo captured the forward
     assert compiled.compile_state["fn"] is not compiled.__class__.forward
     assert list(compiled.state_dict()) == keys  # no '_orig_mod.' prefix: checkpoints unchanged
+    compile_model(compiled, "none")  # back to eager
+    assert "forward" not in compiled.__dict__ and "compile_state" not in compiled.__dict__
     uncompile_model(compiled)
     assert "forward" not in compiled.__dict__
 
@@ -70,9 +72,11 @@ def test_failing_compilation_falls_back_to_eager_with_a_warning(caplog):
     batch = next(make_split("train", 8, 1).batches(8))
     eager, model = model_without_dropout(), model_without_dropout()
     compile_model(model, "default", backend=broken_backend)
+    compile_model(model, "default", backend=broken_backend)  # again: wraps the eager forward, not the wrapper
     with caplog.at_level(logging.WARNING, logger=accel.__name__):
         logits, _ = forward_backward(model, batch)
     assert "torch.compile (mode default" in caplog.text and "no compiler here" in caplog.text
+    assert caplog.text.count("no compiler here") == 1  # one wrapper, one failed compilation
     torch.testing.assert_close(logits, forward_backward(eager, batch)[0], rtol=0, atol=0)
     assert model.compile_state["fn"] == model.__class__.forward.__get__(model)  # eager from now on
 

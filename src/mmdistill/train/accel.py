@@ -31,6 +31,7 @@ def compile_model(model: nn.Module, mode: str, backend: str = "inductor") -> nn.
     """Compile ``model.forward`` in place (see the module docstring); returns ``model``."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"train.compile must be one of {COMPILE_MODES}, got {mode!r}")
+    uncompile_model(model)  # compiling twice wraps the eager forward, not the previous wrapper
     if mode == "none":
         return model
     eager = model.forward
