@@ -221,6 +221,7 @@ def cmd_bench(args) -> int:
             budget_s=args.budget_s,
             log=log.info,
             checkpoint=lambda partial: write_json(Path(args.out).with_suffix(".json"), partial),
+            feature_dims=dims,
         )
         from mmdistill.gpu_cost import project, to_text
 

@@ -38,12 +38,14 @@ import statistics
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from mmdistill.bench import Setting, build_case, random_split, step_flops
+from mmdistill.modalities import FEATURE_DIM
 from mmdistill.precision import autocast
 from mmdistill.train.accel import compile_model
 
@@ -79,7 +81,7 @@ class StepRunner:
 
     def __init__(self, case: str, s: Setting, device: torch.device, precision: str, compile_mode: str = "none"):
         self.device, self.precision, self.case = device, precision, case
-        split = random_split(s.lengths, s.batch_size * POOL)
+        split = random_split(s.lengths, s.batch_size * POOL, feature_dims=s.feature_dims)
         self.model, self.objective = build_case(case, s, split, device)
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -181,6 +183,7 @@ def gpu_bench(
     matmul_n: int | None = None,
     log: Callable[[str], Any] = print,
     checkpoint: Callable[[dict[str, Any]], Any] | None = None,
+    feature_dims: dict[str, int] = FEATURE_DIM,
 ) -> dict[str, Any]:
     """See the module docstring. ``budget_s`` bounds the whole measurement (seconds): a section
     starts only while time is left (a compilation only with ``COMPILE_MIN_LEFT_S`` left).
@@ -190,7 +193,7 @@ def gpu_bench(
     device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("bench --device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
-    s = Setting("gpu", model, lengths, batch_size, steps, teacher_cache_mb=0.0)
+    s = Setting("gpu", model, lengths, batch_size, steps, teacher_cache_mb=0.0, feature_dims=dict(feature_dims))
     n = matmul_n or (8192 if device.type == "cuda" else 1024)
     result: dict[str, Any] = {
         "device": str(device),
@@ -201,7 +204,14 @@ def gpu_bench(
         "cuda": torch.version.cuda,
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         "tf32_cudnn": torch.backends.cudnn.allow_tf32,
-        "setting": {"model": model, "lengths": lengths, "batch_size": batch_size, "steps": steps, "warmup": warmup},
+        "setting": {
+            "model": model,
+            "lengths": lengths,
+            "feature_dims": dict(feature_dims),
+            "batch_size": batch_size,
+            "steps": steps,
+            "warmup": warmup,
+        },
         "matmul_tflops": {},
         "cases": {},
         "launch": {},
@@ -284,7 +294,7 @@ def gpu_bench(
             del runner
             by_batch = {}
             for bs in sorted({max(1, batch_size // 4), max(1, batch_size // 2), batch_size, 2 * batch_size}):
-                r = StepRunner(case, Setting("gpu", model, lengths, bs, steps, 0.0), device, main_prec)
+                r = StepRunner(case, replace(s, batch_size=bs), device, main_prec)
                 for _ in range(warmup):
                     r.step()
                 by_batch[str(bs)] = r.time_steps(steps)
