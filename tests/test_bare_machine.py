@@ -27,6 +27,7 @@ SCRIPT = textwrap.dedent(
         else:
             sys.exit(f"{name} was importable: the blocker does not work")
     import mmdistill.cli, mmdistill.gpu_bench, mmdistill.gpu_cost  # noqa: F401
+    assert mmdistill.cli.main(["validate", "--params", "params.yaml", "--override", "params-paper.yaml"]) == 0
     import tests.test_cuda  # noqa: F401  (the CUDA tests' imports)
     from mmdistill.registry import Registry
     reg = Registry.from_file("params.yaml", overrides=["params-paper.yaml"])  # no jsonschema: warning

@@ -20,34 +20,57 @@ _warned = False
 
 
 class PlainProgress:
-    """The subset of tqdm the pipeline uses: iterate, ``total``, ``desc``, ``disable``."""
+    """The subset of tqdm the pipeline uses: iterate over ``iterable`` or count with ``update``
+    (as a context manager), ``total``, ``initial``, ``unit``, ``desc``, ``disable``."""
 
     def __init__(
         self,
-        iterable: Iterable,
+        iterable: Iterable | None = None,
         total: int | None = None,
         desc: str = "",
         disable: bool = False,
         file: TextIO | None = None,
         mininterval: float = 30.0,
+        initial: int = 0,
+        unit: str = "it",
         **_: Any,
     ):
         self.iterable, self.total, self.desc, self.disable = iterable, total, desc, disable
         self.file = file or sys.stderr
         self.mininterval = mininterval
+        self.n, self.unit = initial, unit
+        self._t0 = self._last = time.monotonic()
+
+    def _report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.disable or not (force or now - self._last >= self.mininterval):
+            return
+        self._last = now
+        of = f"/{self.total}" if self.total else ""
+        unit = "" if self.unit == "it" else f" {self.unit}"
+        print(f"{self.desc}: {self.n}{of}{unit} ({now - self._t0:.0f} s)", file=self.file, flush=True)
 
     def __iter__(self) -> Iterator:
-        last = t0 = time.monotonic()
-        for i, item in enumerate(self.iterable, start=1):
+        for item in self.iterable:
             yield item
-            now = time.monotonic()
-            if not self.disable and (now - last >= self.mininterval or i == self.total):
-                last = now
-                of = f"/{self.total}" if self.total else ""
-                print(f"{self.desc}: {i}{of} ({now - t0:.0f} s)", file=self.file, flush=True)
+            self.n += 1
+            self._report(force=self.n == self.total)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self._report(force=self.n == self.total)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
-def progress(iterable: Iterable, **kwargs: Any):
+def progress(iterable: Iterable | None = None, **kwargs: Any):
     """``tqdm(iterable, **kwargs)``, or :class:`PlainProgress` when tqdm is not installed."""
     global _warned
     if _tqdm is not None:
