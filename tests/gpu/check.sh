@@ -16,11 +16,11 @@
 #   MMDISTILL_GPU_CHECK_BARE=1     block snakemake, dvc, jsonschema, tqdm, sklearn, matplotlib
 #                                  (tests/gpu/bare/sitecustomize.py) to prove they are not needed
 #   MMDISTILL_GPU_CHECK_TESTS_TIMEOUT, MMDISTILL_GPU_CHECK_BENCH_TIMEOUT  limits in seconds
-#   PYTHON                         interpreter (default: python)
+#   PYTHON                         interpreter (default: python, else python3)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python || command -v python3)}"
 export PYTHONPATH="$ROOT/src:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 if [[ "${MMDISTILL_GPU_CHECK_BARE:-0}" == 1 ]]; then
   export PYTHONPATH="$ROOT/tests/gpu/bare:$PYTHONPATH"
