@@ -22,7 +22,8 @@ METHODS = {
     "edam_t": ("attention", {"variant": "T"}),
     "edam_t_temp2": ("attention", {"variant": "T", "temperature": 2.0}),
     "msd_instance": ("final", {"weighting": "instance"}),
-    "distillvlm": ("attention", {}),
+    # every token is an anchor: no random subset, whose draw differs between CPU and CUDA RNGs
+    "distillvlm": ("attention", {"tokens": None}),
 }
 
 
