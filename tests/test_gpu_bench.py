@@ -7,7 +7,7 @@ import math
 import pytest
 
 from mmdistill.gpu_bench import GPU_CASES, MOSEI_SPLITS, gpu_bench, targets
-from mmdistill.gpu_cost import project, to_text
+from mmdistill.gpu_cost import project, to_text, train_rate
 from mmdistill.registry import Registry, Run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -91,6 +91,11 @@ def test_targets_are_computed_from_the_step_times():
     assert t["met"] == {"teacher_epoch_s": True, "attention_kd_over_nokd": False, "bf16_over_fp32_speedup": False}
     comp = {"teacher": {"reduce-overhead": {"precision": "bf16", "step_s": 0.030, "fell_back_to_eager": False}}}
     t = targets(fake_bench(STEPS, compiled=comp))
+    # the projection uses a compiled rate only when train.compile names that mode
+    assert train_rate(fake_bench(STEPS, compiled=comp), "teacher", "bf16", "none")[0] == pytest.approx(24 / 0.060)
+    assert train_rate(fake_bench(STEPS, compiled=comp), "teacher", "bf16", "reduce-overhead")[0] == pytest.approx(
+        24 / 0.030
+    )
     assert t["teacher_epoch_s"]["bf16_compiled"] == pytest.approx(16326 / (24 / 0.030))
 
 
@@ -118,6 +123,15 @@ def test_projection_sums_every_run_of_the_study():
     assert edam["hours"] == pytest.approx(len(reg.seeds) * one / 3600)
     assert p["gpu_hours"] == pytest.approx(sum(r["hours"] for r in p["rows"].values()))
     assert "Projected GPU-hours" in to_text(p)
+    assert p["warnings"] == [  # the fake benchmark names its batch (24, as the parameters) only
+        f"measured with {k} None, the parameters ask for {v}"
+        for k, v in (("model", reg.params["model"]), ("lengths", dict(reg.params["data"]["lengths"])))
+    ]
+    bench = fake_bench(STEPS)
+    bench["setting"].update(model=reg.params["model"], lengths=dict(reg.params["data"]["lengths"]))
+    assert project(bench, reg)["warnings"] == []
+    bench["device"] = "cpu"
+    assert project(bench, reg)["warnings"] == ["measured on cpu, not on a GPU"]
 
 
 def test_projection_needs_the_cases_of_the_configured_precision():

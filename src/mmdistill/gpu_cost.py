@@ -48,7 +48,7 @@ def train_rate(bench: dict[str, Any], case: str, precision: str, compile_mode: s
     """Training samples per second of ``case`` and where the figure comes from."""
     c = bench["cases"][case][precision]
     rate, source = c["samples_per_s"], f"{case} {precision} eager"
-    comp = bench.get("compile", {}).get(case, {}).get(compile_mode)
+    comp = bench.get("compile", {}).get(case, {}).get(compile_mode) if compile_mode != "none" else None
     if comp and comp.get("precision") == precision and not comp.get("fell_back_to_eager") and comp.get("step_s"):
         rate, source = bench["setting"]["batch_size"] / comp["step_s"], f"{case} {precision} compile {compile_mode}"
     return rate, source
@@ -88,7 +88,20 @@ def project(bench: dict[str, Any], reg) -> dict[str, Any]:
         row["seeds"] += 1
         row["hours"] += seconds / 3600
         total += seconds / 3600
+    warnings = []
+    if not str(bench.get("device", "")).startswith("cuda"):
+        warnings.append(f"measured on {bench.get('device')}, not on a GPU")
+    setting = bench.get("setting", {})
+    want = {
+        "model": reg.params["model"],
+        "lengths": dict(reg.params["data"]["lengths"]),
+        "batch_size": train["batch_size"],
+    }
+    for key, value in want.items():
+        if setting.get(key) != value:
+            warnings.append(f"measured with {key} {setting.get(key)}, the parameters ask for {value}")
     return {
+        "warnings": warnings,
         "device": bench.get("device_name", bench.get("device")),
         "precision": precision,
         "compile": compile_mode,
@@ -112,6 +125,7 @@ def to_text(p: dict[str, Any]) -> str:
     lines = [
         f"Projected GPU-hours on {p['device']} ({p['precision']}, compile {p['compile']}, <= {p['epochs']} epochs): "
         f"{p['gpu_hours']:.1f} h over {p['runs']} runs",
+        *(f"WARNING: {w}" for w in p.get("warnings", [])),
         "",
         f"{'class':24} {'train samples/s':>16} {'epoch (s)':>10}  source",
     ]
