@@ -42,6 +42,7 @@ def test_every_section_runs_on_the_cpu():
         assert launch["kernels_per_step"] is None  # the profiler's kernel count needs CUDA
     assert set(r["compile"]) == {"teacher", "student_nokd"}
     assert set(r["targets"]["met"].values()) == {None}  # no verdicts on a CPU
+    assert "bf16_compiled" not in r["targets"]["teacher_epoch_s"]  # mode 'none' is eager, not compiled
     assert r["targets"]["teacher_epoch_s"]["fp32"] == pytest.approx(
         MOSEI_SPLITS["train"] / r["cases"]["teacher"]["fp32"]["samples_per_s"]
     )

@@ -358,7 +358,7 @@ def targets(r: dict[str, Any]) -> dict[str, Any]:
     for prec, c in cases.get("teacher", {}).items():
         out["teacher_epoch_s"][prec] = MOSEI_SPLITS["train"] / c["samples_per_s"]
     comp = r.get("compile", {}).get("teacher", {})
-    best = [e for e in comp.values() if e.get("step_s") and not e.get("fell_back_to_eager")]
+    best = [e for m, e in comp.items() if m != "none" and e.get("step_s") and not e.get("fell_back_to_eager")]
     if best:
         e = min(best, key=lambda e: e["step_s"])
         bs = r["setting"]["batch_size"]
