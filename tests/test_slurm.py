@@ -122,6 +122,21 @@ def test_slurm_profile_resources(tmp_path):
             assert "slurm_partition" not in res and "slurm_account" not in res, (rule, res)
 
 
+def test_slurm_profile_shares_gpus_through_a_gres(tmp_path):
+    """MMDISTILL_SLURM_GPU_GRES: GPU jobs ask for that GRES (e.g. a shard) instead of a whole GPU."""
+    project = make_project(tmp_path / "proj", subset_params())
+    env = slurm_env(MMDISTILL_SLURM_GPU_GRES="shard:1")
+    jobs = dry_run_resources(snakemake(["-n", "--profile", PROFILE], project, env))
+    assert set(TRAIN_RULES) <= set(jobs)
+    for rule, all_res in jobs.items():
+        for res in all_res:
+            if rule in (*TRAIN_RULES, "robustness"):
+                assert res["gpu"] == "0" and res["gres"] == "shard:1", (rule, res)
+                assert "slurm_partition" not in res, (rule, res)  # no partition variable: the default
+            else:
+                assert "gres" not in res, (rule, res)
+
+
 def slurm_unavailable() -> str | None:
     """Why the test cluster cannot be used, or None when it can."""
     try:

@@ -209,12 +209,39 @@ def cmd_bench(args) -> int:
     reg = _registry(args)
     dims = _bench_feature_dims(reg)
     r: dict = {}
+    if args.what == "gpu":
+        from mmdistill.gpu_bench import gpu_bench
+
+        r = gpu_bench(
+            reg.params["model"],
+            dict(reg.params["data"]["lengths"]),
+            reg.params["train"]["batch_size"],
+            device_name=args.device or "cuda",
+            precisions=tuple(args.precisions.split(",")),
+            compile_modes=tuple(m for m in args.compile_modes.split(",") if m),
+            steps=args.gpu_steps,
+            budget_s=args.budget_s,
+            log=log.info,
+            checkpoint=lambda partial: write_json(Path(args.out).with_suffix(".json"), partial),
+            feature_dims=dims,
+        )
+        from mmdistill.gpu_cost import project, to_text
+
+        try:  # the projected GPU-hours of this study from the figures just measured
+            r["projection"] = project(r, reg)
+            log.info("%s", to_text(r["projection"]))
+        except (KeyError, ValueError) as exc:
+            r["projection"] = {"error": f"{type(exc).__name__}: {exc}"}
+            log.warning("no projection: %s", exc)
+        write_json(Path(args.out).with_suffix(".json"), r)
+        log.info("wrote %s", Path(args.out).with_suffix(".json"))
+        return 0
     if args.what in ("steps", "all"):
         r = bench(
             reg.params["model"],
             dict(reg.params["data"]["lengths"]),
             reg.params["train"]["batch_size"],
-            device_name=reg.params["train"]["device"],
+            device_name=args.device or reg.params["train"]["device"],
             threads=args.threads,
             full=not args.no_full,
             full_steps=args.full_steps,
@@ -308,10 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--full-steps", type=int, default=4, help="timed steps at full length (median)")
     b.add_argument(
         "--what",
-        choices=["steps", "rows", "all", "jobs", "run"],
+        choices=["steps", "rows", "all", "jobs", "run", "gpu"],
         default="all",
         help="steps: step cost and latency cases; rows: every student row's training cost; all: both; "
-        "jobs: one whole pipeline job of each kind, split by phase; run: the schedule of a finished run",
+        "jobs: one whole pipeline job of each kind, split by phase; run: the schedule of a finished run; "
+        "gpu: the training step on a GPU at the parameters' sizes (mmdistill.gpu_bench; JSON only)",
     )
     b.add_argument("--row-epochs", type=int, default=3, help="epochs timed per row (median reported)")
     b.add_argument(
@@ -323,6 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.cpu_count(),
         help="run: the machine's cores (idle = fewer jobs running than cores; default: this machine's)",
     )
+    b.add_argument("--device", default=None, help="cpu | cuda | auto (default: train.device of the parameters)")
+    b.add_argument("--precisions", default="fp32,bf16", help="--what gpu: precisions timed (comma-separated)")
+    b.add_argument(
+        "--compile-modes",
+        default="reduce-overhead",
+        help="--what gpu: torch.compile modes timed against eager (comma-separated; empty: none)",
+    )
+    b.add_argument("--gpu-steps", type=int, default=10, help="--what gpu: steps per timed block (3 blocks, median)")
+    b.add_argument("--budget-s", type=float, default=300.0, help="--what gpu: time budget; later sections are skipped")
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
+log = logging.getLogger(__name__)
 
 
 class ParamsError(ValueError):
@@ -463,8 +465,16 @@ def apply_subset(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate_schema(params: Any, source: str = "params.yaml") -> None:
-    """Validate against the JSON schema; the error names the key path."""
-    import jsonschema
+    """Validate against the JSON schema; the error names the key path.
+
+    Without the jsonschema package (a bare GPU node may lack it) the schema check is skipped
+    with a warning; the registry's own cross-reference checks still run.
+    """
+    try:
+        import jsonschema
+    except ImportError:
+        log.warning("jsonschema is not installed: the parameters are not checked against %s", SCHEMA_PATH)
+        return
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     validator = jsonschema.Draft202012Validator(schema)

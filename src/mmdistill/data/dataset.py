@@ -97,10 +97,11 @@ class SplitData:
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         sampler = NegativeSampler(self.label, n_negatives) if n_negatives > 0 else None
         device = self.label.device
+        order_d = order.to(device)  # one host-to-device copy per pass, not one per batch
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             negatives = sampler.sample(idx, generator) if sampler else None
-            idx_d = idx.to(device, non_blocking=True)
+            idx_d = order_d[start : start + batch_size]
             yield Batch(
                 {m: self.inputs[m][idx_d] for m in modalities},
                 self.label[idx_d],

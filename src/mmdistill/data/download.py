@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
+from mmdistill.progress import progress as tqdm  # tqdm when installed
 
 log = logging.getLogger(__name__)
 

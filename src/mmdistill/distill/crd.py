@@ -69,6 +69,7 @@ from torch import nn
 from mmdistill.data.dataset import Batch
 from mmdistill.distill.base import DistillContext, DistillLoss, Option, register
 from mmdistill.models.outputs import NOTHING, ModelOutput, Request
+from mmdistill.precision import float32_region
 
 log = logging.getLogger(__name__)
 
@@ -203,10 +204,14 @@ class CRDUnit(nn.Module):
         self.memory = ContrastMemory(groups, n_data, feat_dim, nce_t, momentum)
 
     def forward(self, x_s: torch.Tensor, x_t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        v_s = self.embed_s(x_s)
-        v_t = self.embed_t(x_t.detach())
-        p_s, p_t = self.memory(v_s, v_t, idx)
-        return contrast_loss(p_s, self.n_data) + contrast_loss(p_t, self.n_data)
+        # float32 whatever the autocast state: heads, bank scores, exp(./T), Z and the NCE
+        # logs (see mmdistill.precision); the banks are float32 buffers
+        region, (x_s, x_t) = float32_region(x_s, x_t)
+        with region:
+            v_s = self.embed_s(x_s)
+            v_t = self.embed_t(x_t.detach())
+            p_s, p_t = self.memory(v_s, v_t, idx)
+            return contrast_loss(p_s, self.n_data) + contrast_loss(p_t, self.n_data)
 
 
 def bin_matrix(n_rows: int, n_bins: int) -> torch.Tensor:

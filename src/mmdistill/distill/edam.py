@@ -54,6 +54,7 @@ from torch import nn
 from mmdistill.data.dataset import Batch
 from mmdistill.distill.base import DistillContext, DistillLoss, Option, register
 from mmdistill.models.outputs import ModelOutput, Request
+from mmdistill.precision import float32_region
 
 DIRECTIONS = ("teacher_target", "paper_literal")
 VARIANTS = ("S", "T")
@@ -333,7 +334,14 @@ class EDAM(DistillLoss):
 
     def _layer_loss(self, key: str, s: torch.Tensor, s_map: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:
         """Mean row cross-entropy of one layer: student scores (B, H_s, Tq, Tk), the student's
-        map of them or None, teacher scores or map (B, H_t, Tq', Tk') -> scalar."""
+        map of them or None, teacher scores or map (B, H_t, Tq', Tk') -> scalar.
+
+        Computed in float32 under bf16 autocast (see :mod:`mmdistill.precision`)."""
+        region, (s, s_map, t) = float32_region(s, s_map, t)
+        with region:
+            return self._layer_loss_fp32(key, s, s_map, t)
+
+    def _layer_loss_fp32(self, key: str, s: torch.Tensor, s_map: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:
         t = t.detach() if self.teacher_maps else self.teacher_scores(key, t)
         if s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
             raise ValueError(

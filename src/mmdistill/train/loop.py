@@ -29,12 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from mmdistill.data.dataset import Batch, SplitData, mask_inputs
 from mmdistill.distill.base import DistillLoss
 from mmdistill.io import atomic_path, load_checkpoint
 from mmdistill.models.outputs import NOTHING, ModelOutput, Request
+from mmdistill.precision import autocast
+from mmdistill.progress import progress as tqdm
+from mmdistill.train.accel import compile_model
 from mmdistill.train.metrics import classification_metrics
 from mmdistill.train.timing import NULL_TIMER, JobTimer
 
@@ -56,8 +58,9 @@ class TrainConfig:
     early_stop: int
     threads: int = 1
     device: str = "auto"
-    precision: str = "fp32"  # 'bf16': autocast forward passes to bfloat16 (GPU nodes)
+    precision: str = "fp32"  # 'bf16': autocast forward passes to bfloat16 (see mmdistill.precision)
     teacher_cache_mb: float = 1024.0  # cache the teacher's distilled internals when they fit
+    compile: str = "none"  # torch.compile mode of the model's forward (see mmdistill.train.accel)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -268,13 +271,14 @@ class Objective:
 def predict(model: nn.Module, split: SplitData, batch_size: int, device: torch.device) -> tuple[np.ndarray, float]:
     """Class predictions for a split and the mean cross-entropy."""
     model.eval()
-    preds, loss_sum = [], 0.0
+    preds, loss_sum = [], torch.zeros((), dtype=torch.float64, device=device)
     for b in split.batches(batch_size):
         b = b.to(device)
-        logits = model(b.inputs, NOTHING).logits
-        loss_sum += F.cross_entropy(logits, b.label, reduction="sum").item()
-        preds.append(logits.argmax(-1).cpu())
-    return torch.cat(preds).numpy(), loss_sum / len(split)
+        logits = model(b.inputs, NOTHING).logits.float()
+        loss_sum += F.cross_entropy(logits, b.label, reduction="sum")
+        preds.append(logits.argmax(-1))
+    # one device-to-host copy per pass, not one per batch
+    return torch.cat(preds).cpu().numpy(), float(loss_sum) / len(split)
 
 
 def evaluate(model: nn.Module, split: SplitData, batch_size: int, device: torch.device) -> dict[str, Any]:
@@ -308,6 +312,9 @@ def train(
     if kd is not None:
         kd.teacher.to(device)
         kd.loss.to(device)
+    if device.type == "cuda":  # the whole data set on the GPU: no host-to-device copy per step
+        train_split, valid_split = train_split.to(device), valid_split.to(device)
+    compile_model(model, cfg.compile)
     with timer.phase("teacher_cache"):
         objective = Objective(model, kd, train_split, cfg.batch_size, device, cfg.teacher_cache_mb)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -354,8 +361,6 @@ def train(
 
     n_steps = train_split.n_batches(cfg.batch_size)
     check_every = 1 if device.type == "cpu" else 50
-    if device.type == "cuda":  # the whole data set on the GPU: no host-to-device copy per step
-        train_split, valid_split = train_split.to(device), valid_split.to(device)
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.early_stop:
         epoch = state["epoch"] + 1
         t0 = time.perf_counter()
@@ -375,7 +380,7 @@ def train(
         t_steps, batches_before = time.perf_counter(), timer.seconds["batches"]
         for step, batch in enumerate(bar, start=1):
             batch = batch.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            with autocast(device, cfg.precision):
                 loss, parts = objective(batch)
             # On a GPU the check is deferred (no host-device sync per step): the step is
             # recorded on the device and the run stops at the next check, before any
