@@ -18,7 +18,7 @@ import pytest
 from scipy import stats as sps
 
 from mmdistill.io import read_json
-from mmdistill.registry import Registry
+from mmdistill.registry import ParamsError, Registry
 from mmdistill.report.figures import FIGURES, FigureRows, make_figures
 from mmdistill.report.stats import (
     add_paired_stats,
@@ -26,6 +26,7 @@ from mmdistill.report.stats import (
     format_difference,
     paired_differences,
     paired_test,
+    paper_baseline,
     sign_flip_p,
 )
 from mmdistill.report.table import collect_runs
@@ -111,18 +112,55 @@ def test_paired_differences_pair_by_seed(params):
     assert format_difference(out.iloc[0], "acc") == "–"
 
 
-def test_baseline_of_same_configuration(params):
-    params["students"]["nokd_complete"] = {
-        "configuration": "complete",
-        "teacher": None,
-        "method": "none",
-        "level": None,
-    }
+def test_baseline_of_same_architecture(params):
+    """Every distilled row is paired with the no-KD student of its own network (configuration
+    and proxies); rows without one fall back to the paper's single no-KD row."""
     pairs = baselines(Registry(params))
-    assert pairs["c1_edam_s_attn"] == "nokd_complete"
-    assert pairs["c5_crd_final"] == "nokd"
+    assert pairs["c1_edam_s_attn"] == "nokd_c1"  # 9 transformers
+    assert pairs["c5_edam_t_attn"] == "nokd_c5_full"  # configuration 5 with full-length proxies
+    assert pairs["c5_crd_final"] == pairs["c5_edam_s_attn"] == "nokd"  # the paper's architecture
+    assert pairs["c2_crd_final"] == "nokd"  # no no-KD row of configuration 2: the paper's row
+    assert "nokd_c1" not in pairs and "nokd_c5_full" not in pairs
+    assert paper_baseline(Registry(params)) == "nokd"
+    # the paper's row stays the paper's even when listed after the others
+    params["students"] = {"nokd_c1": params["students"]["nokd_c1"], **params["students"]}
+    assert paper_baseline(Registry(params)) == "nokd"
+    # without the per-architecture rows, everything falls back to the paper's row
+    for extra in ("nokd_c1", "nokd_c5_full"):
+        del params["students"][extra]
+    assert set(baselines(Registry(params)).values()) == {"nokd"}
     params["students"] = {k: v for k, v in params["students"].items() if v["method"] != "none"}
     assert baselines(Registry(params)) == {}
+
+
+def test_proxy_of_a_student_entry(params):
+    reg = Registry(params)
+    assert reg.students["nokd_c5_full"].architecture == reg.students["c5_edam_t_attn"].architecture
+    assert reg.students["nokd"].architecture == ("language_audio", "down")
+    params["students"]["c5_edam_t_attn"]["proxy"] = "down"
+    with pytest.raises(ParamsError, match=r"c5_edam_t_attn\.proxy.*'full'"):
+        Registry(params)
+
+
+def test_table_marks_the_extra_baselines(params):
+    from mmdistill.report.table import table1
+
+    reg = Registry(params)
+    runs = pd.DataFrame(
+        [
+            {"role": r.role, "name": r.name, "seed": r.seed, "acc": 40.0, "f1": 30.0, "f1_macro": 20.0}
+            for r in reg.runs()
+        ]
+    )
+    profile = {"architectures": {"a": {"parameters": 1, "latency": {}}}, "rows": {}}
+    profile["rows"] = {f"{r.role}s/{r.name}": "a" for r in reg.runs()}
+    t = table1(reg, runs, profile)
+    nokd = t[t.method == "none"]
+    assert list(nokd.name) == ["nokd", "nokd_c1", "nokd_c5_full"]
+    assert nokd.paper_acc.iloc[0] == pytest.approx(41.296) and nokd.paper_acc.iloc[1:].isna().all()
+    assert "beyond the paper" not in nokd.description.iloc[0]
+    assert all("beyond the paper" in d for d in nokd.description.iloc[1:])
+    assert "9 transformers" in nokd.description.iloc[1] and "full-length proxies" in nokd.description.iloc[2]
 
 
 # ---------------------------------------------------------------------- figures
