@@ -166,3 +166,25 @@ def test_known_answer_config_is_valid_and_separate():
     mine = {p.relative_to(ROOT).as_posix() for p in reg.targets()}
     assert not mine & {p.relative_to(ROOT).as_posix() for p in default.targets()}
     assert all(p.startswith(("results/known-answer/", "data/known-answer/")) for p in mine)
+
+
+def test_regression_objective_refuses_output_distributions(params):
+    params["train"]["objective"] = "regression"
+    with pytest.raises(ParamsError, match=r"students\.c2_crd_final: train\.objective 'regression'.*no meaning"):
+        Registry(params)
+    keep = [k for k, v in params["students"].items() if v["level"] not in ("final",) and v["method"] != "distillvlm"]
+    params["subset"] = {"students": keep}
+    reg = Registry(params)  # penultimate, post-attention and attention levels keep their meaning
+    assert "c5_edam_s_attn" in reg.students and "c5_crd_penult" in reg.students
+    from mmdistill.experiment import blueprint
+
+    assert blueprint(reg, Run("teacher", "complete", 0))["model"]["n_classes"] == 1
+
+
+def test_train_fraction_changes_only_its_student(params):
+    reg = Registry(copy.deepcopy(params))
+    params["students"]["c5_hinton"]["train_fraction"] = 0.5
+    reg2 = Registry(params)
+    changed = {r.id for r in reg.runs() if reg.run_params(r) != reg2.run_params(r)}
+    assert changed == {f"students/c5_hinton/seed{s}" for s in reg.seeds}
+    assert reg2.students["c5_hinton"].train_fraction == 0.5 and reg2.students["nokd"].train_fraction == 1.0

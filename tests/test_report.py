@@ -267,3 +267,54 @@ def test_best_student_of_the_cost_line_is_picked_on_validation(tiny_run):
     other = by_valid.drop(by_valid.idxmax()).index[0]
     runs.loc[(runs.role == "student") & (runs.name == other), "valid_acc"] = 101.0
     assert cost_ratios(table, reg, runs)["best_student"] == other
+
+
+def test_learning_curve_pairs_each_share_with_its_own_no_kd(params, tmp_path):
+    from mmdistill.report import curve
+    from mmdistill.report.table import table1
+
+    for f in (0.5, 0.25):
+        params["students"][f"nokd_{int(100 * f)}"] = {**params["students"]["nokd"], "train_fraction": f}
+        params["students"][f"c5_hinton_{int(100 * f)}"] = {**params["students"]["c5_hinton"], "train_fraction": f}
+    reg = Registry(params)
+    pairs = baselines(reg)
+    assert pairs["c5_hinton_50"] == "nokd_50" and pairs["c5_hinton_25"] == "nokd_25" and pairs["c5_hinton"] == "nokd"
+    assert paper_baseline(reg) == "nokd"
+    acc = {
+        "nokd": 40.0,
+        "nokd_50": 35.0,
+        "nokd_25": 30.0,
+        "c5_hinton": 41.0,
+        "c5_hinton_50": 38.0,
+        "c5_hinton_25": 35.0,
+    }
+    runs = pd.DataFrame(
+        [
+            {
+                "role": r.role,
+                "name": r.name,
+                "seed": r.seed,
+                "acc": acc.get(r.name, 40.0) + r.seed,
+                "f1": 30.0,
+                "f1_macro": 20.0,
+            }
+            for r in reg.runs()
+        ]
+    )
+    profile = {"architectures": {"a": {"parameters": 1, "latency": {}}}, "rows": {}}
+    profile["rows"] = {f"{r.role}s/{r.name}": "a" for r in reg.runs()}
+    table = add_paired_stats(table1(reg, runs, profile), reg, runs)
+    lc = curve.learning_curve(reg, table, runs)
+    got = {(r.name, r.train_fraction): (r.acc_mean, r.d_acc) for r in lc.itertuples()}
+    assert got[("c5_hinton_25", 0.25)][0] == pytest.approx(35.5) and got[("c5_hinton_25", 0.25)][1] == pytest.approx(
+        5.0
+    )
+    assert got[("c5_hinton", 1.0)][1] == pytest.approx(1.0)
+    assert {n for n, _ in got} == set(acc)  # only the families seen at several shares
+    md = curve.to_markdown(lc)
+    assert "## Learning curve" in md and "25 % of the training set" in md and "+5.00 (sd 0)" in md
+    assert "(25 % of the training set)" in table.set_index("name").description["c5_hinton_25"]
+    assert curve.learning_curve(Registry({**params, "subset": {"students": ["nokd", "c5_hinton"]}}), table, runs) is None
+    from mmdistill.report.figures import save_figure
+
+    check_png(save_figure(curve.learning_curve_figure(lc, runs), tmp_path / "lc.png"), min_bytes=10_000)

@@ -144,7 +144,14 @@ def cmd_report(args) -> int:
     table = add_paired_stats(table1(reg, runs, profile), reg, runs)
     ratios = cost_ratios(table, reg, runs)
     write_text(reg.table("csv"), table.to_csv(index=False, float_format="%.4f"))
-    write_text(reg.table("md"), to_markdown(table, ratios, profile, reg.source, reg.params["data"]["label_rule"]))
+    from mmdistill.report import curve
+
+    lc = curve.learning_curve(reg, table, runs)
+    write_text(
+        reg.table("md"),
+        to_markdown(table, ratios, profile, reg.source, reg.params["data"]["label_rule"])
+        + (curve.to_markdown(lc) if lc is not None else ""),
+    )
     log.info("wrote %s and %s", reg.table("csv"), reg.table("md"))
     t0 = time.perf_counter()
     figures = make_figures(reg, table, runs, profile, reg.figures_dir())

@@ -37,6 +37,8 @@ def blueprint(reg: Registry, run: Run, feature_dims: dict[str, int] | None = Non
     if feature_dims is None:
         feature_dims = read_feature_dims(reg.prepared())
     bp: dict[str, Any] = {"role": run.role, "model": dict(reg.params["model"]), "feature_dims": dict(feature_dims)}
+    if reg.params["train"].get("objective", "classification") == "regression":
+        bp["model"]["n_classes"] = 1  # one output: the continuous label
     if run.role == "teacher":
         bp["branches"] = list(spec.branches)
     else:
@@ -134,6 +136,12 @@ def train_run(reg: Registry, run: Run, progress: bool = True) -> dict[str, Any]:
     run_params = reg.run_params(run)
     chash = params_hash(run_params)
     splits = load_data(reg)
+    if run.role == "student" and cfg.student_fraction < 1:
+        full = len(splits["train"])
+        splits["train"] = splits["train"].subset(cfg.student_fraction)
+        log.info(
+            "%s: training on %d of %d training samples (train.student_fraction)", run.id, len(splits["train"]), full
+        )
     bp = blueprint(reg, run)
     torch.manual_seed(run.seed)  # model initialization
     model = build_from_blueprint(bp)
@@ -166,6 +174,7 @@ def train_run(reg: Registry, run: Run, progress: bool = True) -> dict[str, Any]:
         "seconds_per_epoch": result.train_seconds / max(1, result.epochs_run),
         "resumed_from_epoch": result.resumed_from_epoch,
         "parameters": count_parameters(model),
+        "n_train": len(splits["train"]),
         "device": str(device),
         "threads": cfg.threads,
         "torch": torch.__version__,

@@ -56,6 +56,7 @@ class StudentSpec:
     beta: float
     options: Mapping[str, Any] = field(default_factory=dict)
     proxy_choice: str | None = None  # the entry's `proxy`, if given
+    train_fraction: float = 1.0  # share of the training split this student trains on
 
     @property
     def distils(self) -> bool:
@@ -134,6 +135,7 @@ class Registry:
             beta=float(entry.get("beta", defaults["beta"])),
             options=options,
             proxy_choice=entry.get("proxy"),
+            train_fraction=float(entry.get("train_fraction", 1.0)),
         )
 
     def _check_semantics(self) -> None:
@@ -143,6 +145,7 @@ class Registry:
         model = self.params["model"]
         if model["d_model"] % model["n_heads"]:
             raise ParamsError(f"model.n_heads: {model['n_heads']} does not divide model.d_model {model['d_model']}")
+        regression = self.params["train"].get("objective", "classification") == "regression"
         # Any student_modality works with any lengths: a proxy longer than the student's input
         # is up-sampled by a transposed convolution (mmdistill.models.student.ResampleConv).
         self._check_method_defaults()
@@ -170,6 +173,14 @@ class Registry:
             levels = LOSSES[s.method].levels
             if s.level not in levels:
                 raise ParamsError(f"{key}.level: method '{s.method}' applies at {list(levels)}, not '{s.level}'")
+            if regression and (s.level == "final" or s.method in ("hinton", "msd", "distillvlm")):
+                raise ParamsError(
+                    f"{key}: train.objective 'regression' gives teacher and student one output, the predicted "
+                    f"label; '{s.method}' at level '{s.level}' compares output distributions (a softmax over one "
+                    "output is 1; a contrastive embedding of one number keeps only its sign) and has no meaning "
+                    "there. Penultimate, post-attention and attention levels (crd, edam) are unchanged; "
+                    "use one of them or train.objective: classification"
+                )
             if s.level in ("post_attention", "attention"):
                 have = set(self.teachers[s.teacher].transformers)
                 missing = [p for p in conf.distilled_pairs if p not in have]
@@ -261,6 +272,8 @@ class Registry:
                 "options": dict(spec.options),
                 "teacher": spec.teacher,
             }
+            if spec.train_fraction < 1:
+                out["student"]["train_fraction"] = spec.train_fraction
             if spec.distils:
                 out["teacher"] = {"name": spec.teacher, "branches": list(self.teachers[spec.teacher].branches)}
         return out

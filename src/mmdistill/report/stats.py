@@ -30,7 +30,8 @@ else the paper's no-KD row (:func:`paper_baseline`): the paper has a single no-K
 3-transformer architecture of configuration 5, and compares every row with it, although the
 9-transformer student of configuration 1 and EDAM-T's full-length-proxy student are other
 networks. A no-KD row of each architecture makes every difference the effect of
-distillation alone.
+distillation alone. A student trained on part of the training split (``train_fraction``)
+is compared with the no-KD student of its architecture trained on the same part.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def paper_baseline(reg: Registry) -> str | None:
     """The no-KD row that stands for the paper's: the first no-KD student of the paper's
     architecture, else the first no-KD student; None without any."""
     nokd = [s for s in reg.students.values() if not s.distils]
-    same = [s for s in nokd if s.architecture == PAPER_ARCHITECTURE]
+    same = [s for s in nokd if s.architecture == PAPER_ARCHITECTURE and s.train_fraction == 1]
     return (same or nokd)[0].name if nokd else None
 
 
@@ -131,11 +132,13 @@ def baselines(reg: Registry) -> dict[str, str]:
     fallback = paper_baseline(reg)
     if fallback is None:
         return {}
-    by_arch: dict[tuple[str, str], str] = {}
+    by_arch: dict[tuple, str] = {}
     for s in reg.students.values():
         if not s.distils:
-            by_arch.setdefault(s.architecture, s.name)
-    return {name: by_arch.get(s.architecture, fallback) for name, s in reg.students.items() if s.distils}
+            by_arch.setdefault((s.architecture, s.train_fraction), s.name)
+    return {
+        name: by_arch.get((s.architecture, s.train_fraction), fallback) for name, s in reg.students.items() if s.distils
+    }
 
 
 def stat_columns(metric: str) -> list[str]:

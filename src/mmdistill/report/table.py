@@ -19,7 +19,7 @@ from mmdistill.io import read_json
 from mmdistill.models.configurations import CONFIGURATIONS
 from mmdistill.registry import Registry
 from mmdistill.report.paper import GROUP_TITLES, LEVEL_TEXT, PAPER_TEACHERS, method_text, paper_student
-from mmdistill.report.stats import PAIRED_NOTE, format_difference, paper_baseline
+from mmdistill.report.stats import PAIRED_NOTE, PAPER_ARCHITECTURE, format_difference, paper_baseline
 
 CONFIG_ORDER = ("complete", "video", "language", "audio", "language_audio")
 
@@ -165,6 +165,8 @@ def nokd_description(s, paper_row: bool) -> str:
     proxies = ", full-length proxies" if s.proxy == "full" else ""
     if paper_row:
         return f"Without KD ({s.configuration} student)"
+    if s.train_fraction < 1 and s.architecture == PAPER_ARCHITECTURE:
+        return f"Without KD ({s.configuration} student{_fraction_text(s)})"
     return (
         f"Without KD ({s.configuration} student, {n} transformers{proxies}; "
         "baseline of its architecture, beyond the paper)"
@@ -175,11 +177,21 @@ def student_description(s) -> str:
     """'<method> on <level>', e.g. 'CRD on attention maps'."""
     options = dict(s.options)
     method = EXTENSIONS[s.method](options) if s.method in EXTENSIONS else method_text(s.method, options)
-    return f"{method} on {LEVEL_TEXT[s.level]}"
+    return f"{method} on {LEVEL_TEXT[s.level]}{_fraction_text(s)}"
+
+
+def _fraction_text(s) -> str:
+    return f" ({100 * s.train_fraction:g} % of the training set)" if s.train_fraction < 1 else ""
 
 
 def _student_extra(s) -> dict[str, Any]:
-    return {"configuration": s.configuration, "teacher": s.teacher or "", "method": s.method, "level": s.level or ""}
+    return {
+        "configuration": s.configuration,
+        "teacher": s.teacher or "",
+        "method": s.method,
+        "level": s.level or "",
+        "train_fraction": s.train_fraction,
+    }
 
 
 def cost_ratios(table: pd.DataFrame, reg: Registry, runs: pd.DataFrame) -> dict[str, Any] | None:
