@@ -198,3 +198,29 @@ def test_student_fraction_subset_is_nested_fixed_and_renumbered():
     assert batch.index.tolist() == list(range(20))  # positions renumbered 0..n-1
     with pytest.raises(ValueError, match="fraction"):
         split.subset(0.0)
+
+
+def test_train_run_trains_a_student_on_its_share(tmp_path):
+    """train_fraction through the experiment glue: the student's metrics record the smaller
+    training set; its teacher trained on all of it."""
+    import yaml
+
+    from mmdistill.data.acquire import acquire, prepare_dataset
+    from mmdistill.experiment import train_run
+    from mmdistill.registry import Registry, Run
+    from tests.conftest import tiny_params
+
+    params = tiny_params()
+    params["seeds"] = [0]
+    params["train"]["epochs"] = 1
+    params["students"]["c5_hinton_half"] = {**params["students"]["c5_hinton"], "train_fraction": 0.5}
+    params["only"] = {"teachers": ["complete"], "students": ["c5_hinton_half"]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    reg = Registry.from_file(tmp_path / "params.yaml")
+    acquire(reg.params["data"], reg.raw_dir(), progress=False)
+    prepare_dataset(reg.params["data"], reg.raw_input(), reg.prepared(), reg.data_summary())
+    n = params["data"]["synthetic"]["n_train"]
+    teacher = train_run(reg, Run("teacher", "complete", 0), progress=False)
+    student = train_run(reg, Run("student", "c5_hinton_half", 0), progress=False)
+    assert teacher["n_train"] == n and student["n_train"] == n // 2
+    assert student["params"]["student"]["train_fraction"] == 0.5

@@ -16,6 +16,7 @@ Steps:
     robustness teachers with modalities missing (zeroed or mean-filled) beside the students
     bench      training-step and inference cost, side by side, and every row's training cost
                (results/bench.json, .md)
+    event-attention  on known_answer data: attention mass on the planted events (not a pipeline step)
 
 Errors the user can fix (bad parameters, bad data, a failed download, a non-finite loss, a step
 run before the one it needs) print one message and exit with 2 (parameters, command line) or 1
@@ -221,6 +222,19 @@ def _bench_feature_dims(reg: Registry) -> dict[str, int]:
     return dict(FEATURE_DIM)
 
 
+def cmd_event_attention(args) -> int:
+    from mmdistill.io import write_text
+    from mmdistill.report.event_attention import event_attention, to_markdown
+
+    reg = _registry(args)
+    df = event_attention(reg, args.students)
+    out = reg.results_root / "event_attention"
+    write_text(out.with_suffix(".csv"), df.to_csv(index=False, float_format="%.5f"))
+    write_text(out.with_suffix(".md"), to_markdown(df))
+    log.info("wrote %s.csv and .md", out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmdistill", description=__doc__.split("\n")[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -268,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--row-epochs", type=int, default=3, help="epochs timed per row (median reported)")
     b.set_defaults(func=cmd_bench)
+    e = sub.add_parser(
+        "event-attention",
+        parents=[common],
+        help="known_answer data: attention mass on the planted video events, teacher vs students",
+    )
+    e.add_argument("--students", nargs="+", required=True, help="student rows to measure (with their teacher)")
+    e.set_defaults(func=cmd_event_attention)
     return p
 
 

@@ -136,12 +136,11 @@ def train_run(reg: Registry, run: Run, progress: bool = True) -> dict[str, Any]:
     run_params = reg.run_params(run)
     chash = params_hash(run_params)
     splits = load_data(reg)
-    if run.role == "student" and cfg.student_fraction < 1:
+    fraction = reg.spec(run).train_fraction if run.role == "student" else 1.0
+    if fraction < 1:
         full = len(splits["train"])
-        splits["train"] = splits["train"].subset(cfg.student_fraction)
-        log.info(
-            "%s: training on %d of %d training samples (train.student_fraction)", run.id, len(splits["train"]), full
-        )
+        splits["train"] = splits["train"].subset(fraction)
+        log.info("%s: training on %d of %d training samples (train_fraction)", run.id, len(splits["train"]), full)
     bp = blueprint(reg, run)
     torch.manual_seed(run.seed)  # model initialization
     model = build_from_blueprint(bp)
