@@ -197,12 +197,21 @@ class KnownAnswerModel:
       marker. So the label is in the video alone, but only at the moments audio and language
       mark clearly; read anywhere else (or averaged over time) the video gives event values
       plus as many distractor values.
+    * With ``code_dim > 0`` every event k also carries a random code ``e_k ~ N(0, I)`` of that
+      dimension, the same in all three modalities (each through its own fixed orthonormal
+      basis, amplitude ``amp_code``), and every video distractor a code of its own that no
+      other modality shows. A cross-modal query from audio or language can then find the
+      matching video step by content (a linear map between the code bases), while the video
+      alone cannot tell an event's code from a distractor's.
     """
 
     amp_marker: float = 3.0
     amp_content: float = 3.0
     video_marker: float = 0.7
-    n_distractors: int = 6
+    other_background: float = 0.3  # background std of audio and language (video: 1)
+    code_dim: int = 0  # > 0: every bump carries a random code (see below)
+    amp_code: float = 2.0
+    n_distractors: int = 2
     noise: float = 0.2
     event_width: float = 0.04  # bump std as a fraction of the padded length (>= 0.6 step)
     max_events: int = 3
@@ -243,6 +252,10 @@ def generate_known_answer(
     labels = score_to_label(score / np.sqrt(1 + model.noise**2)).astype(np.float32)
     d_where = rng.uniform(0.05, 0.95, (n, J))  # (N, J) distractor positions
     d_values = rng.standard_normal((n, J))
+    r = model.code_dim
+    codes = rng.standard_normal((n, K, r)) if r else None  # (N, K, r) event codes
+    d_codes = rng.standard_normal((n, J, r)) if r else None  # (N, J, r) distractor codes
+    bases = {m: np.linalg.qr(rng.standard_normal((FEATURE_DIM[m], r)))[0].T for m in MODALITIES} if r else None
     frac = rng.uniform(model.f_min, model.f_max, n)
     defect_model = GenerativeModel()
     arrays, events = {}, {}
@@ -257,14 +270,20 @@ def generate_known_answer(
         events[m] = np.where(active, pos, np.nan)
         mu, scale, d_content, _, d_marker = world[m]
         x = rng.standard_normal((n, T, D), dtype=np.float32)
+        if m != "V" and model.other_background != 1.0:
+            x *= np.float32(model.other_background)
         x = x * scale.astype(np.float32) + mu.astype(np.float32)
+        code = model.amp_code * codes @ bases[m] if r else 0.0  # (N, K, D)
         if m == "V":
-            content = model.amp_content * values[..., None] * d_content + model.video_marker * d_marker  # (N, K, D)
+            content = model.amp_content * values[..., None] * d_content + model.video_marker * d_marker + code
             x += np.matmul(b, content).astype(np.float32)
             _, bd = _bumps(d_where, start, true_len, t, width)
-            x += np.matmul(bd, model.amp_content * d_values[..., None] * d_content).astype(np.float32)
+            d_content_all = model.amp_content * d_values[..., None] * d_content  # (N, J, D)
+            if r:
+                d_content_all = d_content_all + model.amp_code * d_codes @ bases[m]
+            x += np.matmul(bd, d_content_all).astype(np.float32)
         else:
-            x += (b.sum(-1)[..., None] * (model.amp_marker * d_marker)).astype(np.float32)
+            x += np.matmul(b, np.broadcast_to(model.amp_marker * d_marker, (n, K, D)) + code).astype(np.float32)
         if m == "A":
             _audio_defects(x, start, defect_model, rng)
         x[t[None, :] < start[:, None]] = 0.0
