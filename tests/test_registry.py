@@ -177,8 +177,9 @@ def test_regression_objective_refuses_output_distributions(params):
     reg = Registry(params)  # penultimate, post-attention and attention levels keep their meaning
     assert "c5_edam_s_attn" in reg.students and "c5_crd_penult" in reg.students
     from mmdistill.experiment import blueprint
+    from mmdistill.modalities import FEATURE_DIM
 
-    assert blueprint(reg, Run("teacher", "complete", 0))["model"]["n_classes"] == 1
+    assert blueprint(reg, Run("teacher", "complete", 0), FEATURE_DIM)["model"]["n_classes"] == 1
 
 
 def test_train_fraction_changes_only_its_student(params):

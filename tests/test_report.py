@@ -314,7 +314,9 @@ def test_learning_curve_pairs_each_share_with_its_own_no_kd(params, tmp_path):
     md = curve.to_markdown(lc)
     assert "## Learning curve" in md and "25 % of the training set" in md and "+5.00 (sd 0)" in md
     assert "(25 % of the training set)" in table.set_index("name").description["c5_hinton_25"]
-    assert curve.learning_curve(Registry({**params, "subset": {"students": ["nokd", "c5_hinton"]}}), table, runs) is None
+    assert (
+        curve.learning_curve(Registry({**params, "subset": {"students": ["nokd", "c5_hinton"]}}), table, runs) is None
+    )
     from mmdistill.report.figures import save_figure
 
     check_png(save_figure(curve.learning_curve_figure(lc, runs), tmp_path / "lc.png"), min_bytes=10_000)

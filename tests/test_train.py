@@ -214,7 +214,7 @@ def test_train_run_trains_a_student_on_its_share(tmp_path):
     params["seeds"] = [0]
     params["train"]["epochs"] = 1
     params["students"]["c5_hinton_half"] = {**params["students"]["c5_hinton"], "train_fraction": 0.5}
-    params["only"] = {"teachers": ["complete"], "students": ["c5_hinton_half"]}
+    params["subset"] = {"students": ["c5_hinton_half"]}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     reg = Registry.from_file(tmp_path / "params.yaml")
     acquire(reg.params["data"], reg.raw_dir(), progress=False)

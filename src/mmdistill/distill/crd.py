@@ -257,6 +257,7 @@ class CRD(DistillLoss):
         "momentum": Option(float, 0.5, minimum=0, below=1),
         "row_bins": Option(int, 4, minimum=1, nullable=True),
         "max_bank_mb": Option(float, 2048, above=0),
+        "post_output": Option(str, "attention", choices=POST_OUTPUTS),
     }
 
     @classmethod

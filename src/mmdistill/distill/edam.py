@@ -232,13 +232,13 @@ class EDAM(DistillLoss):
         "temperature": Option(float, 1.0, above=0),
         "direction": Option(str, "teacher_target", choices=DIRECTIONS),
         "variant": Option(str, "S", choices=VARIANTS),
-        "learn_upsampler": Option(bool, False),
+        "learn_upsampler": Option(bool, None, nullable=True),  # unset: learned for variant 'T' (the paper)
     }
 
     @classmethod
     def check_options(cls, options, level, shapes):
         problems = []
-        if options["learn_upsampler"] and options["variant"] != "T":
+        if options["learn_upsampler"] is not None and options["variant"] != "T":
             problems.append("learn_upsampler: applies to variant 'T' only")
         # a map with one key per row is all ones: the loss is a constant and trains nothing
         flat = [
