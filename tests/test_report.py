@@ -186,8 +186,9 @@ def check_png(path, min_bytes: int = 15_000, min_side: int = 300) -> None:
 @pytest.mark.e2e
 def test_pipeline_writes_every_figure(tiny_run):
     out = tiny_run / "results" / "figures"
-    assert sorted(p.stem for p in out.glob("*.png")) == sorted(FIGURES)
-    for name in FIGURES:
+    written = [f for f in FIGURES if f != "learning_curve"]  # that one needs rows with a train_fraction
+    assert sorted(p.stem for p in out.glob("*.png")) == sorted(written)
+    for name in written:
         check_png(out / f"{name}.png")
     table = pd.read_csv(tiny_run / "results" / "table1.csv")
     for col in [
@@ -221,7 +222,7 @@ def test_figures_fast_and_skip_absent_rows(tiny_run, tmp_path, caplog):
     t0 = time.perf_counter()
     written = make_figures(reg, table, runs, profile, tmp_path / "all")
     seconds = time.perf_counter() - t0
-    assert set(written) == set(FIGURES)
+    assert set(written) == set(FIGURES) - {"learning_curve"}  # no row trains on part of the split
     assert seconds < 30, f"figures took {seconds:.1f} s"
 
     caplog.set_level(logging.INFO, logger="mmdistill.report.figures")
