@@ -230,6 +230,12 @@ def test_requests_options_and_levels():
         loss = build_loss("crd", _ctx(level, s, t, pairs=("V<-A",)), SMALL)
         assert loss.student_request() == want and loss.teacher_request() == want
         assert set(loss.units) == ({"V<-A"} if level in ("attention", "post_attention") else {level})
+    # eq. 4 (before out_proj) by default; after out_proj on request
+    projected = build_loss("crd", _ctx("post_attention", s, t, pairs=("V<-A",)), {**SMALL, "post_output": "projected"})
+    want = Request(post_attention=frozenset(["V<-A"]), post_projection=True)
+    assert projected.student_request() == projected.teacher_request() == want
+    with pytest.raises(ValueError, match="post_output"):
+        build_loss("crd", _ctx("post_attention", s, t), {**SMALL, "post_output": "after"})
     with pytest.raises(TypeError, match="nce_m"):
         build_loss("crd", _ctx("final", s, t), {"nce_m": 0.5})
     with pytest.raises(ValueError, match="nce_t"):

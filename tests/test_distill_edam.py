@@ -98,13 +98,24 @@ def test_finite_and_gradient_student_only(variant):
     v.backward()
     assert all(x.grad is not None and x.grad.abs().sum() > 0 for p in PAIRS for x in s.attention[p])
     assert all(x.grad is None for p in PAIRS for x in t.attention[p])
-    assert list(loss.parameters()) == []  # nothing trainable: fixed up-sampler, or none
+    # EDAM-S has nothing trainable; EDAM-T's up-sampler is learned by default (the paper's linear layers)
+    assert (list(loss.parameters()) == []) == (variant == "S")
 
 
-def test_learned_upsampler_gets_gradient_teacher_does_not():
+def test_fixed_upsampler_has_nothing_to_train():
+    s = _out(_scores(seed=1, grad=True, Tq=6, Tk=6))
+    t = _out(_scores(seed=2, Tq=3, Tk=4))
+    loss = build_loss("edam", _ctx(s, t), {"variant": "T", "learn_upsampler": False})
+    loss(s, t, _batch()).backward()
+    assert list(loss.parameters()) == [] and len(list(loss.buffers())) == 4 * len(PAIRS)
+    assert all(x.grad is not None for p in PAIRS for x in s.attention[p])
+
+
+@pytest.mark.parametrize("options", [{"variant": "T"}, {"variant": "T", "learn_upsampler": True}])
+def test_learned_upsampler_gets_gradient_teacher_does_not(options):
     s = _out(_scores(seed=1, grad=True, Tq=6, Tk=6))
     t = _out(_scores(seed=2, grad=True, Tq=3, Tk=4))
-    loss = build_loss("edam", _ctx(s, t), {"variant": "T", "learn_upsampler": True})
+    loss = build_loss("edam", _ctx(s, t), options)  # unset: learned, as the paper
     loss(s, t, _batch()).backward()
     params = dict(loss.named_parameters())
     assert set(params) == {f"upsamplers.{p}.{n}" for p in PAIRS for n in ("w_k", "b_k", "w_q", "b_q")}
@@ -171,7 +182,9 @@ def test_contract_and_options():
     with pytest.raises(ValueError, match="variant"):
         build_loss("edam", _ctx(s, s), {"variant": "X"})
     with pytest.raises(ValueError, match="learn_upsampler"):
-        build_loss("edam", _ctx(s, s), {"learn_upsampler": True})
+        build_loss("edam", _ctx(s, s), {"learn_upsampler": True})  # variant S has no up-sampler
+    with pytest.raises(ValueError, match="learn_upsampler"):
+        build_loss("edam", _ctx(s, s), {"variant": "T", "learn_upsampler": "yes"})
     with pytest.raises(ValueError, match="final"):
         build_loss("edam", _ctx(s, s, level="final"), {})
     t3 = _out(_scores(L=3))
@@ -269,3 +282,62 @@ def test_upsampler_matches_the_two_linear_maps(learn):
         want = (up.w_q @ (x @ up.w_k.T + up.b_k)) + up.b_q[:, None]  # every axis, explicitly
         torch.testing.assert_close(up(x), want)
         assert up.skip_k == (not learn and tk_t == tk_s) and up.skip_q == (not learn and tq_t == tq_s)
+
+
+def test_learned_upsampler_trains_with_the_student_and_stays_out_of_its_size(tmp_path):
+    """EDAM-T through the training loop: the up-sampler's weights move (the optimizer holds
+    them), they live in the loss, and the student's parameters and saved state lack them."""
+    from mmdistill.bench import random_split
+    from mmdistill.models import build_student, build_teacher, count_parameters
+    from mmdistill.models.config import ModelConfig
+    from mmdistill.train.loop import Distillation, TrainConfig, train
+
+    lengths = {"V": 12, "A": 8, "L": 5}
+    cfg = ModelConfig.from_dict(
+        {
+            "d_model": 8,
+            "n_heads": 2,
+            "n_layers": 1,
+            "attn_dropout": 0.0,
+            "relu_dropout": 0.0,
+            "res_dropout": 0.0,
+            "embed_dropout": 0.0,
+            "out_dropout": 0.0,
+            "conv_kernel": 3,
+        }
+    )
+    split = random_split(lengths, 24, seed=0)
+    torch.manual_seed(0)
+    teacher = build_teacher(cfg, ("V", "A", "L")).eval()
+    student = build_student(cfg, "language_audio", "V", lengths, "full")
+    n_student = count_parameters(student)
+    example = next(split.batches(8))
+
+    def probe(sr, tr):
+        with torch.no_grad():
+            return student(example.inputs, sr), teacher(example.inputs, tr)
+
+    ctx = DistillContext(level="attention", pairs=PAIRS, n_data=len(split), probe=probe)
+    loss = build_loss("edam", ctx, {"variant": "T"})
+    before = {k: v.detach().clone() for k, v in loss.named_parameters()}
+    assert set(before) == {f"upsamplers.{p}.{n}" for p in PAIRS for n in ("w_k", "b_k", "w_q", "b_q")}
+    # the teacher's maps are (Tq, Tk) = (8, 12) and (5, 12) for V<-A and V<-L; the student's (12, 12)
+    assert loss.upsamplers["V<-A"].w_q.shape == (12, 8) and loss.upsamplers["V<-L"].w_q.shape == (12, 5)
+    tcfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, grad_clip=1.0, lr_patience=5, lr_factor=0.5, early_stop=5)
+    kd = Distillation(teacher=teacher, loss=loss, alpha=1.0, beta=1.0)
+    train(
+        student,
+        split,
+        split,
+        tcfg,
+        seed=0,
+        run_label="t",
+        resume_path=tmp_path / "r.pt",
+        config_hash="x",
+        kd=kd,
+        progress=False,
+    )
+    moved = {k: (v.detach() - before[k]).abs().max().item() for k, v in loss.named_parameters()}
+    assert all(m > 1e-4 for k, m in moved.items() if ".w_" in k), moved
+    assert count_parameters(student) == n_student
+    assert not any("upsampler" in k for k in student.state_dict())

@@ -80,8 +80,9 @@ def test_fused_attention_and_scores_agree_with_explicit_attention():
     torch.manual_seed(0)
     mha = tr.MultiHeadAttention(8, 2, dropout=0.0)
     xq, xkv = torch.randn(B, 5, 8), torch.randn(B, 7, 8)
-    fused, none, no_maps = mha(xq, xkv, want_scores=False)
-    with_scores, scores, maps = mha(xq, xkv, want_scores=True, want_maps=True)
+    fused, none, no_maps, no_heads = mha(xq, xkv, want_scores=False)
+    with_scores, scores, maps, _ = mha(xq, xkv, want_scores=True, want_maps=True)
+    assert no_heads is None
     assert none is None and no_maps is None and scores.shape == maps.shape == (B, 2, 5, 7)
     torch.testing.assert_close(fused, with_scores)
     torch.testing.assert_close(maps, scores.softmax(-1))
@@ -104,11 +105,47 @@ def test_fused_attention_and_scores_agree_with_explicit_attention():
         torch.testing.assert_close(a, c, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("explicit", [False, True])
+def test_post_attention_is_eq4_before_out_proj_by_default(explicit):
+    """Paper 002, eqs. 3-4: DisLvl = softmax(Q K^T / sqrt(d_k)) V, heads concatenated, before the
+    output projection; ``post_projection`` gives the module's output after out_proj instead."""
+    torch.manual_seed(3)
+    enc = tr.TransformerEncoder(8, tiny(attn_dropout=0.0, n_layers=1)).eval()
+    xq, xkv = torch.randn(B, 5, 8), torch.randn(B, 7, 8)
+    mha, layer = enc.layers[0].attn, enc.layers[0]
+    q_in = layer.ln_attn(enc._embed(xq))
+    kv_in = layer.ln_attn(enc._embed(xkv))
+    q = mha.q_proj(q_in).reshape(B, 5, 2, 4).transpose(1, 2)
+    k, v = (t.reshape(B, 7, 2, 4).transpose(1, 2) for t in mha.kv_proj(kv_in).chunk(2, dim=-1))
+    eq4 = ((q @ k.transpose(-1, -2) / 2.0).softmax(-1) @ v).transpose(1, 2).reshape(B, 5, 8)  # sqrt(d_k) = 2
+    _, _, _, post = enc(xq, xkv, want_post=True, want_scores=explicit)
+    torch.testing.assert_close(post[0], eq4, atol=1e-6, rtol=1e-5)
+    _, _, _, projected = enc(xq, xkv, want_post=True, want_scores=explicit, post_projection=True)
+    torch.testing.assert_close(projected[0], mha.out_proj(eq4), atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(projected[0], post[0])
+    # the model output does not depend on which one is handed out
+    out_a = enc(xq, xkv, want_post=True)[0]
+    out_b = enc(xq, xkv, want_post=True, post_projection=True)[0]
+    torch.testing.assert_close(out_a, out_b)
+
+
+def test_post_attention_request_reaches_the_layers():
+    cfg = tiny(attn_dropout=0.0)
+    torch.manual_seed(0)
+    t = build_teacher(cfg, ("V", "A", "L")).eval()
+    x = inputs()
+    pair = frozenset(["V<-A"])
+    eq4 = t(x, Request(post_attention=pair)).post_attention["V<-A"]
+    proj = t(x, Request(post_attention=pair, post_projection=True)).post_attention["V<-A"]
+    out_proj = t.stack.encoders["V<-A"].layers[0].attn.out_proj
+    torch.testing.assert_close(proj[0], out_proj(eq4[0]), atol=1e-6, rtol=1e-5)
+
+
 def test_scores_are_prescaled_qk_and_rows_softmax_to_one():
     torch.manual_seed(1)
     mha = tr.MultiHeadAttention(8, 2, dropout=0.0)
     xq, xkv = torch.randn(2, 4, 8), torch.randn(2, 6, 8)
-    _, scores, maps = mha(xq, xkv, want_scores=True, want_maps=True)
+    _, scores, maps, _ = mha(xq, xkv, want_scores=True, want_maps=True)
     q = mha.q_proj(xq).reshape(2, 4, 2, 4).transpose(1, 2)
     k = mha.kv_proj(xkv)[..., :8].reshape(2, 6, 2, 4).transpose(1, 2)
     torch.testing.assert_close(scores, q @ k.transpose(-1, -2) / 2.0)  # sqrt(d_k) = sqrt(4)

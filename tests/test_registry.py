@@ -143,3 +143,49 @@ def test_no_pipeline_output_is_committed():
         ["git", "ls-files", "--", *map(str, outputs)], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
     assert tracked == []
+
+
+def test_paths_make_a_separate_study(params):
+    """A study merged over the parameters keeps its data, results and logs in folders of its own."""
+    params["paths"] = {"results": "results/ka", "data": "data/ka", "logs": "logs/ka"}
+    params["subset"] = {"students": ["nokd", "c5_hinton"]}
+    reg = Registry(params)
+    assert reg.prepared().as_posix() == "data/ka/prepared/synthetic.h5"
+    assert reg.raw_dir().as_posix() == "data/ka/raw/synthetic"
+    assert reg.table("md").as_posix() == "results/ka/table1.md" and reg.figures_dir().as_posix() == "results/ka/figures"
+    run = next(reg.runs("student"))
+    assert reg.checkpoint(run).as_posix().startswith("results/ka/students/")
+    assert reg.log(run).as_posix().startswith("logs/ka/") and reg.step_log("report").as_posix() == "logs/ka/report.log"
+    assert set(reg.students) == {"nokd", "c5_hinton"} and set(reg.teachers) == {"complete"}
+
+
+def test_known_answer_config_is_valid_and_separate():
+    reg = Registry.from_file(ROOT / "params.yaml", overrides=[ROOT / "workflow" / "configs" / "known-answer.yaml"])
+    default = Registry.from_file(ROOT / "params.yaml")
+    assert reg.params["data"]["synthetic"]["scenario"] == "known_answer" and len(reg.seeds) == 5
+    mine = {p.relative_to(ROOT).as_posix() for p in reg.targets()}
+    assert not mine & {p.relative_to(ROOT).as_posix() for p in default.targets()}
+    assert all(p.startswith(("results/known-answer/", "data/known-answer/")) for p in mine)
+
+
+def test_regression_objective_refuses_output_distributions(params):
+    params["train"]["objective"] = "regression"
+    with pytest.raises(ParamsError, match=r"students\.c2_crd_final: train\.objective 'regression'.*no meaning"):
+        Registry(params)
+    keep = [k for k, v in params["students"].items() if v["level"] not in ("final",) and v["method"] != "distillvlm"]
+    params["subset"] = {"students": keep}
+    reg = Registry(params)  # penultimate, post-attention and attention levels keep their meaning
+    assert "c5_edam_s_attn" in reg.students and "c5_crd_penult" in reg.students
+    from mmdistill.experiment import blueprint
+    from mmdistill.modalities import FEATURE_DIM
+
+    assert blueprint(reg, Run("teacher", "complete", 0), FEATURE_DIM)["model"]["n_classes"] == 1
+
+
+def test_train_fraction_changes_only_its_student(params):
+    reg = Registry(copy.deepcopy(params))
+    params["students"]["c5_hinton"]["train_fraction"] = 0.5
+    reg2 = Registry(params)
+    changed = {r.id for r in reg.runs() if reg.run_params(r) != reg2.run_params(r)}
+    assert changed == {f"students/c5_hinton/seed{s}" for s in reg.seeds}
+    assert reg2.students["c5_hinton"].train_fraction == 0.5 and reg2.students["nokd"].train_fraction == 1.0

@@ -18,7 +18,7 @@ import pytest
 from scipy import stats as sps
 
 from mmdistill.io import read_json
-from mmdistill.registry import Registry
+from mmdistill.registry import ParamsError, Registry
 from mmdistill.report.figures import FIGURES, FigureRows, make_figures
 from mmdistill.report.stats import (
     add_paired_stats,
@@ -26,6 +26,7 @@ from mmdistill.report.stats import (
     format_difference,
     paired_differences,
     paired_test,
+    paper_baseline,
     sign_flip_p,
 )
 from mmdistill.report.table import collect_runs
@@ -111,18 +112,55 @@ def test_paired_differences_pair_by_seed(params):
     assert format_difference(out.iloc[0], "acc") == "–"
 
 
-def test_baseline_of_same_configuration(params):
-    params["students"]["nokd_complete"] = {
-        "configuration": "complete",
-        "teacher": None,
-        "method": "none",
-        "level": None,
-    }
+def test_baseline_of_same_architecture(params):
+    """Every distilled row is paired with the no-KD student of its own network (configuration
+    and proxies); rows without one fall back to the paper's single no-KD row."""
     pairs = baselines(Registry(params))
-    assert pairs["c1_edam_s_attn"] == "nokd_complete"
-    assert pairs["c5_crd_final"] == "nokd"
+    assert pairs["c1_edam_s_attn"] == "nokd_c1"  # 9 transformers
+    assert pairs["c5_edam_t_attn"] == "nokd_c5_full"  # configuration 5 with full-length proxies
+    assert pairs["c5_crd_final"] == pairs["c5_edam_s_attn"] == "nokd"  # the paper's architecture
+    assert pairs["c2_crd_final"] == "nokd"  # no no-KD row of configuration 2: the paper's row
+    assert "nokd_c1" not in pairs and "nokd_c5_full" not in pairs
+    assert paper_baseline(Registry(params)) == "nokd"
+    # the paper's row stays the paper's even when listed after the others
+    params["students"] = {"nokd_c1": params["students"]["nokd_c1"], **params["students"]}
+    assert paper_baseline(Registry(params)) == "nokd"
+    # without the per-architecture rows, everything falls back to the paper's row
+    for extra in ("nokd_c1", "nokd_c5_full"):
+        del params["students"][extra]
+    assert set(baselines(Registry(params)).values()) == {"nokd"}
     params["students"] = {k: v for k, v in params["students"].items() if v["method"] != "none"}
     assert baselines(Registry(params)) == {}
+
+
+def test_proxy_of_a_student_entry(params):
+    reg = Registry(params)
+    assert reg.students["nokd_c5_full"].architecture == reg.students["c5_edam_t_attn"].architecture
+    assert reg.students["nokd"].architecture == ("language_audio", "down")
+    params["students"]["c5_edam_t_attn"]["proxy"] = "down"
+    with pytest.raises(ParamsError, match=r"c5_edam_t_attn\.proxy.*'full'"):
+        Registry(params)
+
+
+def test_table_marks_the_extra_baselines(params):
+    from mmdistill.report.table import table1
+
+    reg = Registry(params)
+    runs = pd.DataFrame(
+        [
+            {"role": r.role, "name": r.name, "seed": r.seed, "acc": 40.0, "f1": 30.0, "f1_macro": 20.0}
+            for r in reg.runs()
+        ]
+    )
+    profile = {"architectures": {"a": {"parameters": 1, "latency": {}}}, "rows": {}}
+    profile["rows"] = {f"{r.role}s/{r.name}": "a" for r in reg.runs()}
+    t = table1(reg, runs, profile)
+    nokd = t[t.method == "none"]
+    assert list(nokd.name) == ["nokd", "nokd_c1", "nokd_c5_full"]
+    assert nokd.paper_acc.iloc[0] == pytest.approx(41.296) and nokd.paper_acc.iloc[1:].isna().all()
+    assert "beyond the paper" not in nokd.description.iloc[0]
+    assert all("beyond the paper" in d for d in nokd.description.iloc[1:])
+    assert "9 transformers" in nokd.description.iloc[1] and "full-length proxies" in nokd.description.iloc[2]
 
 
 # ---------------------------------------------------------------------- figures
@@ -148,8 +186,9 @@ def check_png(path, min_bytes: int = 15_000, min_side: int = 300) -> None:
 @pytest.mark.e2e
 def test_pipeline_writes_every_figure(tiny_run):
     out = tiny_run / "results" / "figures"
-    assert sorted(p.stem for p in out.glob("*.png")) == sorted(FIGURES)
-    for name in FIGURES:
+    written = [f for f in FIGURES if f != "learning_curve"]  # that one needs rows with a train_fraction
+    assert sorted(p.stem for p in out.glob("*.png")) == sorted(written)
+    for name in written:
         check_png(out / f"{name}.png")
     table = pd.read_csv(tiny_run / "results" / "table1.csv")
     for col in [
@@ -183,7 +222,7 @@ def test_figures_fast_and_skip_absent_rows(tiny_run, tmp_path, caplog):
     t0 = time.perf_counter()
     written = make_figures(reg, table, runs, profile, tmp_path / "all")
     seconds = time.perf_counter() - t0
-    assert set(written) == set(FIGURES)
+    assert set(written) == set(FIGURES) - {"learning_curve"}  # no row trains on part of the split
     assert seconds < 30, f"figures took {seconds:.1f} s"
 
     caplog.set_level(logging.INFO, logger="mmdistill.report.figures")
@@ -229,3 +268,56 @@ def test_best_student_of_the_cost_line_is_picked_on_validation(tiny_run):
     other = by_valid.drop(by_valid.idxmax()).index[0]
     runs.loc[(runs.role == "student") & (runs.name == other), "valid_acc"] = 101.0
     assert cost_ratios(table, reg, runs)["best_student"] == other
+
+
+def test_learning_curve_pairs_each_share_with_its_own_no_kd(params, tmp_path):
+    from mmdistill.report import curve
+    from mmdistill.report.table import table1
+
+    for f in (0.5, 0.25):
+        params["students"][f"nokd_{int(100 * f)}"] = {**params["students"]["nokd"], "train_fraction": f}
+        params["students"][f"c5_hinton_{int(100 * f)}"] = {**params["students"]["c5_hinton"], "train_fraction": f}
+    reg = Registry(params)
+    pairs = baselines(reg)
+    assert pairs["c5_hinton_50"] == "nokd_50" and pairs["c5_hinton_25"] == "nokd_25" and pairs["c5_hinton"] == "nokd"
+    assert paper_baseline(reg) == "nokd"
+    acc = {
+        "nokd": 40.0,
+        "nokd_50": 35.0,
+        "nokd_25": 30.0,
+        "c5_hinton": 41.0,
+        "c5_hinton_50": 38.0,
+        "c5_hinton_25": 35.0,
+    }
+    runs = pd.DataFrame(
+        [
+            {
+                "role": r.role,
+                "name": r.name,
+                "seed": r.seed,
+                "acc": acc.get(r.name, 40.0) + r.seed,
+                "f1": 30.0,
+                "f1_macro": 20.0,
+            }
+            for r in reg.runs()
+        ]
+    )
+    profile = {"architectures": {"a": {"parameters": 1, "latency": {}}}, "rows": {}}
+    profile["rows"] = {f"{r.role}s/{r.name}": "a" for r in reg.runs()}
+    table = add_paired_stats(table1(reg, runs, profile), reg, runs)
+    lc = curve.learning_curve(reg, table, runs)
+    got = {(r.name, r.train_fraction): (r.acc_mean, r.d_acc) for r in lc.itertuples()}
+    assert got[("c5_hinton_25", 0.25)][0] == pytest.approx(35.5) and got[("c5_hinton_25", 0.25)][1] == pytest.approx(
+        5.0
+    )
+    assert got[("c5_hinton", 1.0)][1] == pytest.approx(1.0)
+    assert {n for n, _ in got} == set(acc)  # only the families seen at several shares
+    md = curve.to_markdown(lc)
+    assert "## Learning curve" in md and "25 % of the training set" in md and "+5.00 (sd 0)" in md
+    assert "(25 % of the training set)" in table.set_index("name").description["c5_hinton_25"]
+    assert (
+        curve.learning_curve(Registry({**params, "subset": {"students": ["nokd", "c5_hinton"]}}), table, runs) is None
+    )
+    from mmdistill.report.figures import save_figure
+
+    check_png(save_figure(curve.learning_curve_figure(lc, runs), tmp_path / "lc.png"), min_bytes=10_000)

@@ -237,3 +237,78 @@ def test_resume_from_a_checkpoint_without_best_validation_metrics(tmp_path, monk
     assert res.best_epoch > 1 and res.best_valid == ref.best_valid
     for v1, v2 in zip(ref_model.state_dict().values(), model.state_dict().values()):
         assert torch.equal(v1, v2)
+
+
+def test_regression_objective_is_l1_on_the_score_and_classes_by_rounding(tmp_path):
+    """train.objective: regression: one output, L1 on the continuous label, the class is
+    round(clip(prediction, -3, 3)) + 3; the validation loss that picks the best epoch is the L1."""
+    from mmdistill.data.dataset import Batch
+
+    logits = torch.tensor([[-3.7], [-0.5], [0.5], [1.49], [2.51], [9.0]])
+    assert loop.to_classes(logits).tolist() == [0, 3, 3, 4, 6, 6]  # half to even, like prepare
+    assert loop.to_classes(torch.eye(7)[[2, 5]]).tolist() == [2, 5]  # 7 outputs: argmax
+    b = Batch({}, torch.tensor([0, 6]), torch.tensor([-3.0, 2.5]), torch.arange(2))
+    assert loop.task_loss(torch.tensor([[-2.0], [2.0]]), b).item() == pytest.approx(0.75)
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_dict({"d_model": 8, "n_heads": 2, "n_layers": 1, "n_classes": 1})
+    model = build_student(cfg, "language_audio", "V", LENGTHS, "down")
+    res = train(
+        model,
+        make_split("train", 48, 1),
+        make_split("valid", 16, 2),
+        CFG,
+        seed=3,
+        run_label="reg",
+        resume_path=tmp_path / "reg.pt",
+        config_hash="h",
+        progress=False,
+    )
+    valid = make_split("valid", 16, 2)
+    with torch.no_grad():
+        pred = model(valid.inputs).logits
+    l1 = (pred.squeeze(-1) - valid.score).abs().mean().item()
+    assert res.best_valid_loss == pytest.approx(l1, rel=1e-5)
+    m = loop.evaluate(model, valid, 16, torch.device("cpu"))
+    want = (torch.round(pred.squeeze(-1).clamp(-3, 3)) + 3).long()
+    assert m["acc7"] == pytest.approx((want == valid.label).float().mean().item())
+
+
+def test_student_fraction_subset_is_nested_fixed_and_renumbered():
+    split = make_split("train", 40, 1)
+    half, quarter = split.subset(0.5), split.subset(0.25)
+    assert (len(half), len(quarter)) == (20, 10)
+    assert set(quarter.segment_id) <= set(half.segment_id)
+    assert split.subset(0.5).segment_id == half.segment_id  # the same samples for every run
+    assert split.subset(1.0) is split
+    i = split.segment_id.index(half.segment_id[3])
+    assert torch.equal(half.inputs["V"][3], split.inputs["V"][i]) and half.label[3] == split.label[i]
+    batch = next(half.batches(32))
+    assert batch.index.tolist() == list(range(20))  # positions renumbered 0..n-1
+    with pytest.raises(ValueError, match="fraction"):
+        split.subset(0.0)
+
+
+def test_train_run_trains_a_student_on_its_share(tmp_path):
+    """train_fraction through the experiment glue: the student's metrics record the smaller
+    training set; its teacher trained on all of it."""
+    import yaml
+
+    from mmdistill.data.acquire import acquire, prepare_dataset
+    from mmdistill.experiment import train_run
+    from mmdistill.registry import Registry, Run
+    from tests.conftest import tiny_params
+
+    params = tiny_params()
+    params["seeds"] = [0]
+    params["train"]["epochs"] = 1
+    params["students"]["c5_hinton_half"] = {**params["students"]["c5_hinton"], "train_fraction": 0.5}
+    params["subset"] = {"students": ["c5_hinton_half"]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    reg = Registry.from_file(tmp_path / "params.yaml")
+    acquire(reg.params["data"], reg.raw_dir(), progress=False)
+    prepare_dataset(reg.params["data"], reg.raw_input(), reg.prepared(), reg.data_summary())
+    n = params["data"]["synthetic"]["n_train"]
+    teacher = train_run(reg, Run("teacher", "complete", 0), progress=False)
+    student = train_run(reg, Run("student", "c5_hinton_half", 0), progress=False)
+    assert teacher["n_train"] == n and student["n_train"] == n // 2
+    assert student["params"]["student"]["train_fraction"] == 0.5

@@ -16,6 +16,7 @@ Steps:
     robustness teachers with modalities missing (zeroed or mean-filled) beside the students
     bench      training-step and inference cost, side by side, and every row's training cost
                (results/bench.json, .md)
+    event-attention  on known_answer data: attention mass on the planted events (not a pipeline step)
 
 Errors the user can fix (bad parameters, bad data, a failed download, a non-finite loss, a step
 run before the one it needs) print one message and exit with 2 (parameters, command line) or 1
@@ -173,8 +174,11 @@ def cmd_report(args) -> int:
     ratios = cost_ratios(table, reg, runs)
     write_text(reg.table("csv"), table.to_csv(index=False, float_format="%.4f"))
     split = split_note(read_json(reg.data_summary())) if reg.data_summary().exists() else None
+    from mmdistill.report import curve
+
+    lc = curve.learning_curve(reg, table, runs)
     md = to_markdown(table, ratios, profile, reg.source, reg.params["data"]["label_rule"], split=split)
-    write_text(reg.table("md"), md)
+    write_text(reg.table("md"), md + (curve.to_markdown(lc) if lc is not None else ""))
     log.info("wrote %s and %s", reg.table("csv"), reg.table("md"))
     t0 = time.perf_counter()
     figures = make_figures(reg, table, runs, profile, reg.figures_dir())
@@ -275,6 +279,19 @@ def _bench_feature_dims(reg: Registry) -> dict[str, int]:
     return dict(FEATURE_DIM)
 
 
+def cmd_event_attention(args) -> int:
+    from mmdistill.io import write_text
+    from mmdistill.report.event_attention import event_attention, to_markdown
+
+    reg = _registry(args)
+    df = event_attention(reg, args.students)
+    out = reg.results_root / "event_attention"
+    write_text(out.with_suffix(".csv"), df.to_csv(index=False, float_format="%.5f"))
+    write_text(out.with_suffix(".md"), to_markdown(df))
+    log.info("wrote %s.csv and .md", out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mmdistill",
@@ -361,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--gpu-steps", type=int, default=10, help="--what gpu: steps per timed block (3 blocks, median)")
     b.add_argument("--budget-s", type=float, default=300.0, help="--what gpu: time budget; later sections are skipped")
     b.set_defaults(func=cmd_bench)
+    e = sub.add_parser(
+        "event-attention",
+        parents=[common],
+        help="known_answer data: attention mass on the planted video events, teacher vs students",
+    )
+    e.add_argument("--students", nargs="+", required=True, help="student rows to measure (with their teacher)")
+    e.set_defaults(func=cmd_event_attention)
     return p
 
 

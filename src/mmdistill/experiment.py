@@ -38,6 +38,8 @@ def blueprint(reg: Registry, run: Run, feature_dims: dict[str, int] | None = Non
     if feature_dims is None:
         feature_dims = read_feature_dims(reg.prepared())
     bp: dict[str, Any] = {"role": run.role, "model": dict(reg.params["model"]), "feature_dims": dict(feature_dims)}
+    if reg.params["train"].get("objective", "classification") == "regression":
+        bp["model"]["n_classes"] = 1  # one output: the continuous label
     if run.role == "teacher":
         bp["branches"] = list(spec.branches)
     else:
@@ -139,6 +141,11 @@ def train_run(reg: Registry, run: Run, progress: bool = True, timer: JobTimer = 
     chash = params_hash(run_params)
     with timer.phase("data"):
         splits = load_data(reg)
+        fraction = reg.spec(run).train_fraction if run.role == "student" else 1.0
+        if fraction < 1:
+            full = len(splits["train"])
+            splits["train"] = splits["train"].subset(fraction)
+            log.info("%s: training on %d of %d training samples (train_fraction)", run.id, len(splits["train"]), full)
     with timer.phase("model"):
         bp = blueprint(reg, run)
         torch.manual_seed(run.seed)  # model initialization
@@ -177,6 +184,7 @@ def train_run(reg: Registry, run: Run, progress: bool = True, timer: JobTimer = 
         "seconds_per_epoch": result.train_seconds / max(1, result.epochs_run),
         "resumed_from_epoch": result.resumed_from_epoch,
         "parameters": count_parameters(model),
+        "n_train": len(splits["train"]),
         "device": str(device),
         "threads": cfg.threads,
         "torch": torch.__version__,

@@ -23,6 +23,7 @@ import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
 log = logging.getLogger(__name__)
+DEFAULT_PATHS = {"results": "results", "data": "data", "logs": "logs"}  # the optional `paths` section
 
 
 class ParamsError(ValueError):
@@ -56,6 +57,8 @@ class StudentSpec:
     alpha: float
     beta: float
     options: Mapping[str, Any] = field(default_factory=dict)
+    proxy_choice: str | None = None  # the entry's `proxy`, if given
+    train_fraction: float = 1.0  # share of the training split this student trains on
 
     @property
     def distils(self) -> bool:
@@ -63,10 +66,18 @@ class StudentSpec:
 
     @property
     def proxy(self) -> str:
-        """How the student builds its proxy streams: EDAM-T up-samples the teacher's maps, so
-        its student keeps full-length proxies ('full'); every other student down-samples its
-        proxies to the teacher's sequence lengths ('down', which EDAM-S relies on)."""
+        """How the student builds its proxy streams: the entry's ``proxy`` if given; else EDAM-T
+        up-samples the teacher's maps, so its student keeps full-length proxies ('full'), and
+        every other student down-samples its proxies to the teacher's sequence lengths ('down',
+        which EDAM-S relies on)."""
+        if self.proxy_choice is not None:
+            return self.proxy_choice
         return "full" if self.method == "edam" and self.options.get("variant", "S") == "T" else "down"
+
+    @property
+    def architecture(self) -> tuple[str, str]:
+        """What fixes the student's network: its configuration and its proxies."""
+        return (self.configuration, self.proxy)
 
 
 @dataclass(frozen=True)
@@ -85,7 +96,10 @@ class Run:
 class Registry:
     """Validated parameters, the experiments they name, and every output path.
 
-    Paths are relative to ``root`` (the project directory, where both pipelines run).
+    Paths are relative to ``root`` (the project directory, where both pipelines run); the
+    optional ``paths`` section of the parameters moves the data, results and logs of a study
+    to folders of its own (e.g. ``results/known-answer``), so that a second study does not
+    overwrite the default one. dvc.yaml writes to the default folders only.
     """
 
     def __init__(self, params: dict[str, Any], root: str | Path = ".", source: str = "params.yaml"):
@@ -93,6 +107,8 @@ class Registry:
         params = apply_subset(params)
         self.params = params
         self.root = Path(root)
+        where = {**DEFAULT_PATHS, **(params.get("paths") or {})}
+        self.results_root, self.data_root, self.logs_root = (self.root / where[k] for k in ("results", "data", "logs"))
         self.seeds: tuple[int, ...] = tuple(params["seeds"])
         self.teachers = {k: TeacherSpec(k, tuple(v["branches"])) for k, v in params["teachers"].items()}
         self.students = {k: self._student(k, v) for k, v in params["students"].items()}
@@ -120,6 +136,8 @@ class Registry:
             alpha=float(entry.get("alpha", defaults["alpha"])),
             beta=float(entry.get("beta", defaults["beta"])),
             options=options,
+            proxy_choice=entry.get("proxy"),
+            train_fraction=float(entry.get("train_fraction", 1.0)),
         )
 
     def _check_semantics(self) -> None:
@@ -129,12 +147,20 @@ class Registry:
         model = self.params["model"]
         if model["d_model"] % model["n_heads"]:
             raise ParamsError(f"model.n_heads: {model['n_heads']} does not divide model.d_model {model['d_model']}")
+        regression = self.params["train"].get("objective", "classification") == "regression"
         # Any student_modality works with any lengths: a proxy longer than the student's input
         # is up-sampled by a transposed convolution (mmdistill.models.student.ResampleConv).
         self._check_method_defaults()
         for name, s in self.students.items():
             key = f"students.{name}"
             conf = CONFIGURATIONS[s.configuration]
+            if s.method == "edam" and s.proxy_choice is not None:
+                need = "full" if s.options.get("variant", "S") == "T" else "down"
+                if s.proxy_choice != need:
+                    raise ParamsError(
+                        f"{key}.proxy: EDAM variant {s.options.get('variant', 'S')} needs proxy '{need}' "
+                        f"(EDAM-S: the teacher's lengths; EDAM-T: full-length proxies), not '{s.proxy_choice}'"
+                    )
             if s.method == "none":
                 if s.teacher is not None or s.level is not None:
                     raise ParamsError(f"{key}: method 'none' takes teacher: null and level: null")
@@ -149,6 +175,14 @@ class Registry:
             levels = LOSSES[s.method].levels
             if s.level not in levels:
                 raise ParamsError(f"{key}.level: method '{s.method}' applies at {list(levels)}, not '{s.level}'")
+            if regression and (s.level == "final" or s.method in ("hinton", "msd", "distillvlm")):
+                raise ParamsError(
+                    f"{key}: train.objective 'regression' gives teacher and student one output, the predicted "
+                    f"label; '{s.method}' at level '{s.level}' compares output distributions (a softmax over one "
+                    "output is 1; a contrastive embedding of one number keeps only its sign) and has no meaning "
+                    "there. Penultimate, post-attention and attention levels (crd, edam) are unchanged; "
+                    "use one of them or train.objective: classification"
+                )
             if s.level in ("post_attention", "attention"):
                 have = set(self.teachers[s.teacher].transformers)
                 missing = [p for p in conf.distilled_pairs if p not in have]
@@ -240,6 +274,8 @@ class Registry:
                 "options": dict(spec.options),
                 "teacher": spec.teacher,
             }
+            if spec.train_fraction < 1:
+                out["student"]["train_fraction"] = spec.train_fraction
             if spec.distils:
                 out["teacher"] = {"name": spec.teacher, "branches": list(self.teachers[spec.teacher].branches)}
         return out
@@ -284,7 +320,7 @@ class Registry:
         return self.params["data"]["source"]
 
     def raw_dir(self) -> Path:
-        return self.root / "data" / "raw" / self.source
+        return self.data_root / "raw" / self.source
 
     def raw_input(self) -> Path:
         """What `prepare` reads: the file or directory `download` leaves in ``raw_dir()``
@@ -310,13 +346,13 @@ class Registry:
         return self.source == "sdk_csd" and bool(self.params["data"]["sdk_csd"].get("hash_split"))
 
     def prepared(self) -> Path:
-        return self.root / "data" / "prepared" / f"{self.source}.h5"
+        return self.data_root / "prepared" / f"{self.source}.h5"
 
     def data_summary(self) -> Path:
-        return self.root / "data" / "prepared" / f"{self.source}.summary.json"
+        return self.data_root / "prepared" / f"{self.source}.summary.json"
 
     def run_dir(self, run: Run) -> Path:
-        return self.root / "results" / f"{run.role}s" / run.name / f"seed{run.seed}"
+        return self.results_root / f"{run.role}s" / run.name / f"seed{run.seed}"
 
     def checkpoint(self, run: Run) -> Path:
         return self.run_dir(run) / "model.pt"
@@ -332,26 +368,30 @@ class Registry:
 
     def run_params_file(self, run: Run) -> Path:
         """Where ``run-params`` writes :meth:`student_inputs` (a dependency of the run's DVC stage)."""
-        return self.root / "results" / "run_params" / f"{run.role}s" / run.name / f"seed{run.seed}.json"
+        return self.results_root / "run_params" / f"{run.role}s" / run.name / f"seed{run.seed}.json"
 
     def log(self, run: Run) -> Path:
-        return self.root / "logs" / f"{run.role}s" / run.name / f"seed{run.seed}.log"
+        return self.logs_root / f"{run.role}s" / run.name / f"seed{run.seed}.log"
+
+    def step_log(self, step: str) -> Path:
+        """Log of a pipeline step that is not a training run (download, prepare, profile, ...)."""
+        return self.logs_root / f"{step}.log"
 
     def run_outputs(self, run: Run) -> dict[str, Path]:
         return {"checkpoint": self.checkpoint(run), "metrics": self.metrics(run), "curves": self.curves(run)}
 
     def profile(self) -> Path:
-        return self.root / "results" / "profile.json"
+        return self.results_root / "profile.json"
 
     def table(self, ext: str = "csv") -> Path:
-        return self.root / "results" / f"table1.{ext}"
+        return self.results_root / f"table1.{ext}"
 
     def figures_dir(self) -> Path:
-        return self.root / "results" / "figures"
+        return self.results_root / "figures"
 
     def robustness(self, ext: str = "csv") -> Path:
         """The missing-modality robustness table (teachers with inputs missing, beside the students)."""
-        return self.root / "results" / f"robustness.{ext}"
+        return self.results_root / f"robustness.{ext}"
 
     def require(self, inputs: list[tuple[Path, str]]) -> None:
         """Raise :class:`MissingInputError` unless every path of ``(path, step that makes it)`` exists."""

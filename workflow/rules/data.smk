@@ -13,7 +13,7 @@ rule download:
         if REG.source == "sdk_csd"
         else str(REG.raw_input()),
     log:
-        "logs/data/download.log",
+        str(REG.step_log("data/download")),
     params:
         data=REG.data_identity(),
     shell:
@@ -36,7 +36,7 @@ rule prepare:
         h5=str(REG.prepared()),
         summary=str(REG.data_summary()),
     log:
-        "logs/data/prepare.log",
+        str(REG.step_log("data/prepare")),
     params:
         data=REG.data_identity(),
     shell:

@@ -14,7 +14,7 @@ rule profile:
     output:
         str(REG.profile()),
     log:
-        "logs/profile.log",
+        str(REG.step_log("profile")),
     # more threads than any machine's --cores: Snakemake caps it at --cores, so locally the
     # timing job runs alone, never beside a training job (it sets its own torch threads)
     threads: 256
@@ -48,7 +48,7 @@ rule report:
             labels={"figure": "{figure}"},
         ),
     log:
-        "logs/report.log",
+        str(REG.step_log("report")),
     shell:
         cli("report") + " > {log} 2>&1"
 
@@ -65,7 +65,7 @@ rule robustness:
         csv=str(REG.robustness("csv")),
         md=str(REG.robustness("md")),
     log:
-        "logs/robustness.log",
+        str(REG.step_log("robustness")),
     threads: config["train"]["threads"]
     resources:
         gpu=1,

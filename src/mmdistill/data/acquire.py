@@ -46,7 +46,11 @@ def acquire(data_cfg: dict, raw_dir: str | Path, progress: bool = True) -> Path:
     source = _source(data_cfg)
     if source == "synthetic":
         cfg = data_cfg["synthetic"]
-        raw = synthetic.generate(
+        scenario = cfg.get("scenario", "mosei_like")
+        if scenario not in synthetic.SCENARIOS:
+            raise ValueError(f"data.synthetic.scenario: unknown {scenario!r}; expected one of {synthetic.SCENARIOS}")
+        make = synthetic.generate if scenario == "mosei_like" else synthetic.generate_known_answer
+        raw = make(
             cfg["n_train"],
             cfg["n_valid"],
             cfg["n_test"],

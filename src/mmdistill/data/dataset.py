@@ -73,6 +73,26 @@ class SplitData:
         """Feature width per modality."""
         return {m: int(x.shape[2]) for m, x in self.inputs.items()}
 
+    def subset(self, fraction: float, seed: int = 0) -> SplitData:
+        """The first ``round(fraction * N)`` samples (at least 2) of one fixed permutation drawn
+        with ``seed``: nested (a smaller fraction is part of a larger one) and the same for every
+        run, so rows and seeds of a learning curve see the same samples. Positions are renumbered
+        0..n-1 (memory banks and the teacher cache index by them)."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"subset fraction must be in (0, 1], got {fraction}")
+        n = max(2, round(fraction * len(self)))
+        if n >= len(self):
+            return self
+        keep = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        return replace(
+            self,
+            inputs={m: x[keep] for m, x in self.inputs.items()},
+            length=self.length[keep],
+            label=self.label[keep],
+            score=self.score[keep],
+            segment_id=[self.segment_id[i] for i in keep.tolist()],
+        )
+
     def to(self, device: torch.device | str) -> SplitData:
         """The split with every tensor on ``device`` (batches are then cut on the device)."""
         return replace(

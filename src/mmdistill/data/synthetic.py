@@ -33,6 +33,10 @@ So language and audio carry more of the label than video (``w_c`` reaches them c
 of what they carry (``c``) is predictable from video, and the evidence is temporally localized
 and synchronized across modalities. Everything is drawn from the ``np.random.Generator``
 passed in, in a fixed order: the same seed gives identical arrays.
+
+Scenario ``known_answer`` (:func:`generate_known_answer`, ``data.synthetic.scenario``): a data
+set whose answer to "what can each level of distillation carry?" is known beforehand; see
+docs/known-answer.md and :class:`KnownAnswerModel`.
 """
 
 from __future__ import annotations
@@ -171,6 +175,140 @@ def generate(
         out[split]["id"] = np.array([f"synthetic_{split}_{i:05d}" for i in range(hi - lo)])
         lo = hi
     return out
+
+
+SCENARIOS = ("mosei_like", "known_answer")
+
+
+@dataclass(frozen=True)
+class KnownAnswerModel:
+    """Constants of the ``known_answer`` scenario (background std is 1 in every modality).
+
+    Per sample, 1..``max_events`` events at relative positions ``u_k ~ U(0.1, 0.9)`` of the
+    segment, the same in every modality, each with a value ``v_k ~ N(0, 1)``; label score
+    ``y = (sum_k v_k / sqrt(K) + noise * e) / sqrt(1 + noise^2)``, mapped to the 19 MOSEI-like
+    label values as in the default scenario.
+
+    * Audio and language: a strong marker bump at every event (``amp_marker``), nothing about
+      the label.
+    * Video: at every event the value ``v_k`` along a "content" direction (``amp_content``)
+      and a faint marker (``video_marker``); besides, ``n_distractors`` bumps at other random
+      moments carry random values ``w_j ~ N(0, 1)`` along the same content direction and no
+      marker. So the label is in the video alone, but only at the moments audio and language
+      mark clearly; read anywhere else (or averaged over time) the video gives event values
+      plus as many distractor values.
+    * With ``code_dim > 0`` every event k also carries a random code ``e_k ~ N(0, I)`` of that
+      dimension, the same in all three modalities (each through its own fixed orthonormal
+      basis, amplitude ``amp_code``), and every video distractor a code of its own that no
+      other modality shows. A cross-modal query from audio or language can then find the
+      matching video step by content (a linear map between the code bases), while the video
+      alone cannot tell an event's code from a distractor's.
+    """
+
+    amp_marker: float = 3.0
+    amp_content: float = 3.0
+    video_marker: float = 0.7
+    other_background: float = 0.3  # background std of audio and language (video: 1)
+    code_dim: int = 0  # > 0: every bump carries a random code (see below)
+    amp_code: float = 2.0
+    n_distractors: int = 2
+    noise: float = 0.2
+    event_width: float = 0.04  # bump std as a fraction of the padded length (>= 0.6 step)
+    max_events: int = 3
+    f_min: float = 0.6
+    f_max: float = 1.0
+
+
+def generate_known_answer(
+    n_train: int,
+    n_valid: int,
+    n_test: int,
+    lengths: dict[str, int],
+    rng: np.random.Generator,
+    model: KnownAnswerModel = KnownAnswerModel(),
+    return_events: bool = False,
+):
+    """Draw the ``known_answer`` scenario in MulT pickle layout (see :class:`KnownAnswerModel`).
+
+    With ``return_events`` also returns, per split, the event centres in steps per modality:
+    ``{split: {modality: (N, max_events) float, NaN where a sample has fewer events}}``.
+    Audio gets the same -inf / NaN defects as the default scenario, so ``prepare`` is exercised.
+    """
+    sizes = {"train": n_train, "valid": n_valid, "test": n_test}
+    for split, n in sizes.items():
+        if n < 1:
+            raise ValueError(f"synthetic split '{split}' must have at least 1 sample, got {n}")
+    for m in MODALITIES:
+        if lengths.get(m, 0) < 1:
+            raise ValueError(f"lengths[{m!r}] must be a positive integer, got {lengths.get(m)}")
+    n = sum(sizes.values())
+    world = {m: _modality_world(FEATURE_DIM[m], rng) for m in MODALITIES}
+    K, J = model.max_events, model.n_distractors
+    n_events = 1 + rng.binomial(K - 1, 0.5, n)  # (N,)
+    active = np.arange(K)[None, :] < n_events[:, None]  # (N, K)
+    where = np.sort(rng.uniform(0.1, 0.9, (n, K)), axis=1)  # (N, K)
+    values = rng.standard_normal((n, K)) * active  # (N, K), 0 for inactive events
+    score = values.sum(1) / np.sqrt(n_events) + model.noise * rng.standard_normal(n)
+    labels = score_to_label(score / np.sqrt(1 + model.noise**2)).astype(np.float32)
+    d_where = rng.uniform(0.05, 0.95, (n, J))  # (N, J) distractor positions
+    d_values = rng.standard_normal((n, J))
+    r = model.code_dim
+    codes = rng.standard_normal((n, K, r)) if r else None  # (N, K, r) event codes
+    d_codes = rng.standard_normal((n, J, r)) if r else None  # (N, J, r) distractor codes
+    bases = {m: np.linalg.qr(rng.standard_normal((FEATURE_DIM[m], r)))[0].T for m in MODALITIES} if r else None
+    frac = rng.uniform(model.f_min, model.f_max, n)
+    defect_model = GenerativeModel()
+    arrays, events = {}, {}
+    for m in MODALITIES:
+        T, D = lengths[m], FEATURE_DIM[m]
+        true_len = np.clip(np.round(frac * T), 1, T).astype(np.int64)
+        start = T - true_len
+        t = np.arange(T, dtype=np.float64)
+        width = max(0.6, model.event_width * T)
+        pos, b = _bumps(where, start, true_len, t, width)
+        b = b * active[:, None, :]
+        events[m] = np.where(active, pos, np.nan)
+        mu, scale, d_content, _, d_marker = world[m]
+        x = rng.standard_normal((n, T, D), dtype=np.float32)
+        if m != "V" and model.other_background != 1.0:
+            x *= np.float32(model.other_background)
+        x = x * scale.astype(np.float32) + mu.astype(np.float32)
+        code = model.amp_code * codes @ bases[m] if r else 0.0  # (N, K, D)
+        if m == "V":
+            content = model.amp_content * values[..., None] * d_content + model.video_marker * d_marker + code
+            x += np.matmul(b, content).astype(np.float32)
+            _, bd = _bumps(d_where, start, true_len, t, width)
+            d_content_all = model.amp_content * d_values[..., None] * d_content  # (N, J, D)
+            if r:
+                d_content_all = d_content_all + model.amp_code * d_codes @ bases[m]
+            x += np.matmul(bd, d_content_all).astype(np.float32)
+        else:
+            x += np.matmul(b, np.broadcast_to(model.amp_marker * d_marker, (n, K, D)) + code).astype(np.float32)
+        if m == "A":
+            _audio_defects(x, start, defect_model, rng)
+        x[t[None, :] < start[:, None]] = 0.0
+        arrays[FILE_KEY[m]] = x
+
+    out: dict[str, dict[str, np.ndarray]] = {}
+    ev: dict[str, dict[str, np.ndarray]] = {}
+    lo = 0
+    for split in SPLITS:
+        hi = lo + sizes[split]
+        out[split] = {key: arr[lo:hi] for key, arr in arrays.items()}
+        out[split]["labels"] = labels[lo:hi].reshape(-1, 1, 1)
+        out[split]["id"] = np.array([f"synthetic_{split}_{i:05d}" for i in range(hi - lo)])
+        ev[split] = {m: e[lo:hi] for m, e in events.items()}
+        lo = hi
+    return (out, ev) if return_events else out
+
+
+def _bumps(
+    rel: np.ndarray, start: np.ndarray, true_len: np.ndarray, t: np.ndarray, width: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centres (N, k) in steps of relative positions ``rel`` (N, k) of each segment, and the
+    Gaussian bumps around them over the padded time axis ``t``: (N, T, k)."""
+    pos = start[:, None] + rel * (true_len[:, None] - 1)
+    return pos, np.exp(-0.5 * ((t[None, :, None] - pos[:, None, :]) / width) ** 2)
 
 
 def _modality_world(dim: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:

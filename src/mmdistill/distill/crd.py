@@ -23,8 +23,10 @@ Levels (paper 002, sec. 4.3):
 
 * ``final`` / ``penultimate``: one CRD between the logits / penultimate features (eq. 2).
 * ``post_attention``: for each distilled transformer pair and each layer, one CRD between the
-  flattened ``(Tq * d)`` attention-module outputs of student and teacher, with its own heads and
-  banks; averaged over layers (eq. 7), then over pairs.
+  flattened ``(Tq * d)`` attention outputs of student and teacher, with its own heads and
+  banks; averaged over layers (eq. 7), then over pairs. The attention output is eq. 4's
+  ``softmax(Q K^T / sqrt(d_k)) V`` (heads concatenated, before the output projection) by
+  default; option ``post_output='projected'`` takes it after ``out_proj`` instead.
 * ``attention``: CRD between matching rows of the attention maps (eq. 9); a map is
   ``softmax(scores)`` averaged over heads (``(B, Tq, Tk)``), each row a distribution over keys.
   Student and teacher rows may have different lengths ``Tk``: the heads project both to
@@ -74,6 +76,7 @@ from mmdistill.precision import float32_region
 log = logging.getLogger(__name__)
 
 EPS = 1e-7  # as in the reference ContrastLoss
+POST_OUTPUTS = ("attention", "projected")  # option post_output: before / after the output projection
 BYTES_PER_FLOAT = 4
 
 
@@ -247,6 +250,8 @@ class CRD(DistillLoss):
         max_bank_mb: refuse configurations whose banks (both sides, all groups, float32) would
                      exceed this many MB (10^6 bytes; default 2048). The default row_bins=4 on
                      MOSEI (2 pairs, 5 layers, feat_dim 128) needs 669 MB.
+        post_output: post_attention level only: 'attention' (default; eq. 4, softmax(QK^T /
+                     sqrt(d_k)) V before the output projection) or 'projected' (after out_proj).
     """
 
     name = "crd"
@@ -257,6 +262,7 @@ class CRD(DistillLoss):
         "momentum": Option(float, 0.5, minimum=0, below=1),
         "row_bins": Option(int, 4, minimum=1, nullable=True),
         "max_bank_mb": Option(float, 2048, above=0),
+        "post_output": Option(str, "attention", choices=POST_OUTPUTS),
     }
 
     @classmethod
@@ -289,9 +295,13 @@ class CRD(DistillLoss):
         momentum: float = 0.5,
         row_bins: int | None = 4,
         max_bank_mb: float = 2048,
+        post_output: str = "attention",
     ):
         super().__init__(ctx)
         self._check_options(ctx, feat_dim, nce_k, nce_t, momentum, row_bins, max_bank_mb)
+        if post_output not in POST_OUTPUTS:
+            raise ValueError(f"crd: post_output must be one of {POST_OUTPUTS}, got {post_output!r}")
+        self.post_projection = post_output == "projected"
         self.n_data = ctx.n_data
         self.nce_k = min(nce_k, ctx.n_data - 1)
         if self.nce_k < nce_k:
@@ -352,7 +362,7 @@ class CRD(DistillLoss):
         if self.level == "attention":  # the models' own maps: no softmax of the loss's own
             return Request(maps=frozenset(self.pairs))
         if self.level == "post_attention":
-            return Request(post_attention=frozenset(self.pairs))
+            return Request(post_attention=frozenset(self.pairs), post_projection=self.post_projection)
         return NOTHING
 
     @property

@@ -19,8 +19,9 @@ This project's reconstruction (the details are ours):
   ``sum_k (a_s - a_t)^2`` (i.e. Tk times the element-wise MSE, so the term does not shrink
   with the key length), averaged over rows, heads and batch, then layers, then pairs. Head h
   is compared with head h; with different head counts both maps are first averaged over heads.
-* ``L_nce``: token-wise InfoNCE on hidden states. The token states are the post-attention
-  outputs ``(B, Tq, d)`` of the mapped layers (paper 002's post-attention level). Each student
+* ``L_nce``: token-wise InfoNCE on hidden states. The token states are the attention
+  modules' outputs ``(B, Tq, d)`` of the mapped layers after their output projection (what
+  each layer adds to its residual stream; ``Request.post_projection``). Each student
   token goes through a learned projection ``Linear(d_S -> d_T)`` (one per distilled pair,
   shared by its layers, as TinyBERT's ``W_h``) and L2 normalization; its positive is the
   detached, L2-normalized teacher token at the same position (same sample, layer and time
@@ -207,7 +208,7 @@ class DistillVLM(DistillLoss):
         return h_s[-1], h_t[-1]
 
     def student_request(self) -> Request:
-        return Request(maps=frozenset(self.pairs), post_attention=frozenset(self.pairs))
+        return Request(maps=frozenset(self.pairs), post_attention=frozenset(self.pairs), post_projection=True)
 
     def teacher_request(self) -> Request:
         return self.student_request()

@@ -26,11 +26,16 @@ Variants (option ``variant``, paper sec. 4.3):
   ``Linear(Tq_t -> Tq_s)`` along the query axis, one pair of layers per distilled transformer
   pair (shared by its layers and heads), applied to the scores before the temperature softmax.
   They start as linear-interpolation matrices (end points aligned, zero bias), so a constant or
-  linear profile is reproduced exactly. ``learn_upsampler`` (default False) keeps them fixed:
-  trained on this loss alone, the up-sampler is rewarded for moving the *target* toward the
-  student (it can lower the loss by reshaping the teacher's maps instead of the student learning
-  them), so the distilled knowledge would drift. When learned anyway, gradients reach the
-  up-sampler but never the teacher (whose scores are detached first).
+  linear profile is reproduced exactly at the start. ``learn_upsampler`` (default True) makes
+  them learned linear layers, as the paper writes ("we upsample the attention maps in the
+  teacher transformer layers ... using linear layers"): they are trained with the student by
+  the same optimizer, belong to the loss (not to the student, so the student's parameter count
+  and inference cost do not include them) and are saved in the resume checkpoint, not in the
+  student's ``model.pt``. Gradients reach the up-sampler but never the teacher (whose scores
+  are detached first). Trained on this loss alone, the up-sampler is rewarded for moving the
+  *target* toward the student (it can lower the loss by reshaping the teacher's maps instead
+  of the student learning them); ``learn_upsampler: false`` keeps the fixed interpolation,
+  which cannot drift.
 
 Layers are processed one at a time, each fully vectorized over batch, heads and rows: stacking
 them would copy every map (about 600 MB per pair at MOSEI sizes) for no gain in speed.
@@ -217,7 +222,9 @@ class EDAM(DistillLoss):
                          'paper_literal' (-s log t, as printed in eq. 13).
         variant:         'S' (default; maps of equal shapes, EDAM-S) or 'T' (teacher maps
                          up-sampled to the student's sizes, EDAM-T).
-        learn_upsampler: variant 'T' only: train the up-sampling layers (default False).
+        learn_upsampler: variant 'T' only: learned linear up-sampling layers, trained with the
+                         student (unset or True, the default, as the paper); False = fixed
+                         linear interpolation.
     """
 
     name = "edam"
@@ -226,13 +233,13 @@ class EDAM(DistillLoss):
         "temperature": Option(float, 1.0, above=0),
         "direction": Option(str, "teacher_target", choices=DIRECTIONS),
         "variant": Option(str, "S", choices=VARIANTS),
-        "learn_upsampler": Option(bool, False),
+        "learn_upsampler": Option(bool, None, nullable=True),  # unset: learned for variant 'T' (the paper)
     }
 
     @classmethod
     def check_options(cls, options, level, shapes):
         problems = []
-        if options["learn_upsampler"] and options["variant"] != "T":
+        if options["learn_upsampler"] is not None and options["variant"] != "T":
             problems.append("learn_upsampler: applies to variant 'T' only")
         # a map with one key per row is all ones: the loss is a constant and trains nothing
         flat = [
@@ -254,7 +261,7 @@ class EDAM(DistillLoss):
         temperature: float = 1.0,
         direction: str = "teacher_target",
         variant: str = "S",
-        learn_upsampler: bool = False,
+        learn_upsampler: bool | None = None,
     ):
         super().__init__(ctx)
         if not temperature > 0:
@@ -263,8 +270,11 @@ class EDAM(DistillLoss):
             raise ValueError(f"edam: unknown direction {direction!r}; expected one of {DIRECTIONS}")
         if variant not in VARIANTS:
             raise ValueError(f"edam: unknown variant {variant!r}; expected one of {VARIANTS}")
-        if learn_upsampler and variant != "T":
+        if learn_upsampler is not None and variant != "T":
             raise ValueError("edam: learn_upsampler applies to variant 'T' only")
+        if learn_upsampler is not None and not isinstance(learn_upsampler, bool):
+            raise ValueError(f"edam: learn_upsampler must be true or false, got {learn_upsampler!r}")
+        learn_upsampler = learn_upsampler is not False  # unset: learned (the paper's linear layers)
         if not self.pairs:
             raise ValueError("edam needs at least one distilled pair")
         self.temperature, self.direction, self.variant = float(temperature), direction, variant

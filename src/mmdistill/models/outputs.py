@@ -20,6 +20,9 @@ class Request:
     attention:       transformer names whose per-layer pre-softmax attention scores are wanted
     maps:            transformer names whose per-layer attention maps ``softmax(scores)`` are wanted
     post_attention:  transformer names whose per-layer attention-module outputs are wanted
+    post_projection: what the post-attention outputs are: False (default) ``softmax(Q K^T /
+                     sqrt(d_k)) V`` before the output projection (paper 002, eqs. 3-4), True
+                     the module's output after ``out_proj``
     internals_only:  run only the requested transformers (and those they read from); the
                      output then has no logits or penultimate features (both ``None``). A
                      frozen teacher's logits come from a cache, so attention-level
@@ -29,6 +32,7 @@ class Request:
     attention: frozenset[str] = frozenset()
     maps: frozenset[str] = frozenset()
     post_attention: frozenset[str] = frozenset()
+    post_projection: bool = False
     internals_only: bool = False
 
     @property
@@ -56,8 +60,9 @@ class ModelOutput:
     maps:            name -> list over layers of (B, H, Tq, Tk) attention maps ``softmax(scores)``
                      before attention dropout: the tensor the layer multiplies with V, so
                      gradients through a student's maps join its own softmax backward
-    post_attention:  name -> list over layers of (B, Tq, d): the attention module's output
-                     (softmax(QK^T/sqrt(d_k)) V, after the output projection; paper eq. 3)
+    post_attention:  name -> list over layers of (B, Tq, d): softmax(QK^T/sqrt(d_k)) V with the
+                     heads concatenated, before the output projection (paper eqs. 3-4), or
+                     after it when the request's ``post_projection`` is set
     views:           view name -> output of the same model on a modified input (e.g. the
                      teacher with some modalities masked, for modality-specific distillation);
                      filled by the training loop for the views a loss asks for

@@ -153,6 +153,7 @@ class TransformerStack(nn.Module):
                 want_scores=name in request.attention,
                 want_maps=name in request.maps,
                 want_post=name in request.post_attention,
+                post_projection=request.post_projection,
             )
             outs[name] = out
             for store, value in ((attention, s), (maps, a), (post, p)):

@@ -16,8 +16,11 @@ changes serve distillation (paper 002, eqs. 3, 8 and 10):
   forward and backward). Measured against the fused kernel plus a separate ``Q K^T`` for
   the scores: no faster at MOSEI's 500 x 500 maps and slower at smaller ones with one
   thread, so the map is materialized once;
-* each layer returns its attention module's output (after the output projection), the
-  "post-attention" features of paper 002's eq. 4.
+* each layer can return its attention module's output, the "post-attention" features of
+  paper 002's eq. 4: by default ``softmax(Q K^T / sqrt(d_k)) V`` with the heads
+  concatenated, *before* the output projection, as eqs. 3-4 write it; with
+  ``post_projection`` the module's output after ``out_proj`` (what the layer adds to its
+  residual stream).
 
 No attention mask is applied. MulT's default ``attn_mask`` is a causal-style band
 ``triu(-inf, 1 + |Tk - Tq|)`` meant for its aligned experiments; on unaligned sequences of
@@ -123,10 +126,17 @@ class MultiHeadAttention(nn.Module):
         return x.reshape(B, T, self.n_heads, self.width // self.n_heads).transpose(1, 2)  # (B, H, T, dh)
 
     def forward(
-        self, x_q: torch.Tensor, x_kv: torch.Tensor, want_scores: bool = False, want_maps: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        self,
+        x_q: torch.Tensor,
+        x_kv: torch.Tensor,
+        want_scores: bool = False,
+        want_maps: bool = False,
+        want_heads: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """x_q (B, Tq, d), x_kv (B, Tk, d) ->
-        out (B, Tq, d), scores (B, H, Tq, Tk) or None, maps softmax(scores) (B, H, Tq, Tk) or None.
+        out (B, Tq, d), scores (B, H, Tq, Tk) or None, maps softmax(scores) (B, H, Tq, Tk) or None,
+        and with ``want_heads`` the attention ``softmax(scores) V`` before ``out_proj``, heads
+        concatenated (B, Tq, d) (paper 002, eqs. 3-4), else None.
         """
         B, Tq, _ = x_q.shape
         q = self._heads(self.q_proj(x_q))  # (B, H, Tq, dh)
@@ -142,7 +152,7 @@ class MultiHeadAttention(nn.Module):
         else:
             y = fused_attention(q, k, v, p)
         y = y.transpose(1, 2).reshape(B, Tq, self.width)  # (B, Tq, d)
-        return self.out_proj(y), scores, maps
+        return self.out_proj(y), scores, maps, (y if want_heads else None)
 
 
 class EncoderLayer(nn.Module):
@@ -166,14 +176,21 @@ class EncoderLayer(nn.Module):
         self.res_dropout = Dropout(cfg.res_dropout)
 
     def forward(
-        self, x: torch.Tensor, x_kv: torch.Tensor | None, want_scores: bool = False, want_maps: bool = False
+        self,
+        x: torch.Tensor,
+        x_kv: torch.Tensor | None,
+        want_scores: bool = False,
+        want_maps: bool = False,
+        post_projection: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
         """x (B, Tq, d), x_kv (B, Tk, d) or None ->
-        x (B, Tq, d), scores or None, maps or None, post (B, Tq, d)."""
+        x (B, Tq, d), scores or None, maps or None, post (B, Tq, d): the attention before the
+        output projection (eq. 4), or after it with ``post_projection``."""
         q = self.ln_attn(x)
         kv = q if x_kv is None else self.ln_attn(x_kv)
-        post, scores, maps = self.attn(q, kv, want_scores, want_maps)
-        x = x + self.res_dropout(post)
+        out, scores, maps, heads = self.attn(q, kv, want_scores, want_maps, want_heads=not post_projection)
+        post = out if post_projection else heads
+        x = x + self.res_dropout(out)
         h = self.relu_dropout(F.relu(self.fc1(self.ln_ff(x))))  # (B, Tq, 4d)
         x = x + self.res_dropout(self.fc2(h))
         return x, scores, maps, post
@@ -206,9 +223,11 @@ class TransformerEncoder(nn.Module):
         want_scores: bool = False,
         want_maps: bool = False,
         want_post: bool = False,
+        post_projection: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[torch.Tensor] | None, list[torch.Tensor] | None]:
         """x_q (B, Tq, d), x_kv (B, Tk, d) or None -> out (B, Tq, d) and, each a list over
-        layers or None when not wanted: scores [(B, H, Tq, Tk)], maps [(B, H, Tq, Tk)], post [(B, Tq, d)].
+        layers or None when not wanted: scores [(B, H, Tq, Tk)], maps [(B, H, Tq, Tk)], post [(B, Tq, d)]
+        (before the output projection, eq. 4; after it with ``post_projection``).
         """
         for name, t in (("x_q", x_q), ("x_kv", x_kv)):
             if t is not None and (t.dim() != 3 or t.shape[-1] != self.width):
@@ -221,7 +240,7 @@ class TransformerEncoder(nn.Module):
         maps: list[torch.Tensor] | None = [] if want_maps else None
         posts: list[torch.Tensor] | None = [] if want_post else None
         for layer in self.layers:
-            x, s, a, post = layer(x, kv, want_scores, want_maps)
+            x, s, a, post = layer(x, kv, want_scores, want_maps, post_projection)
             for store, t in ((scores, s), (maps, a), (posts, post)):
                 if store is not None:
                     store.append(t)

@@ -16,6 +16,8 @@ Written by the ``report`` step into :meth:`Registry.figures_dir`, each atomicall
 ``attention.png``   one attention map (softmax of the scores, mean over heads) of a teacher
                     transformer and of the same-named transformer of the student without and
                     with attention distillation, for one test sample (paper 002, Fig. 3 idea)
+``learning_curve``  accuracy against the share of the training split, when students train on
+                    parts of it (:mod:`mmdistill.report.curve`)
 ==================  ==========================================================================
 
 The rows of the last two figures are picked by registry keys (:class:`FigureRows`); a row
@@ -45,7 +47,7 @@ from mmdistill.registry import Registry, Run
 
 log = logging.getLogger(__name__)
 
-FIGURES = ("accuracy", "cost", "curves_loss", "curves_valid", "confusion", "attention")
+FIGURES = ("accuracy", "cost", "curves_loss", "curves_valid", "confusion", "attention", "learning_curve")
 DPI = 110
 CLASS_LABELS = [str(c - 3) for c in range(N_CLASSES)]  # class index 0..6 = sentiment -3..3
 SEED_COLORS = (
@@ -506,6 +508,10 @@ def make_figures(
         "attention",
         attention_figure(maps, rows.transformer, rows.layer, title, reg.params["student_modality"]) if maps else None,
     )
+    from mmdistill.report.curve import learning_curve, learning_curve_figure
+
+    curve = learning_curve(reg, table, runs) if "d_acc" in table else None
+    put("learning_curve", learning_curve_figure(curve, runs) if curve is not None else None)
     for name in FIGURES:  # a figure skipped this time must not survive from an earlier run
         stale = out_dir / f"{name}.png"
         if name not in written and stale.exists():

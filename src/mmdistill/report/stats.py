@@ -24,9 +24,14 @@ A difference "holds" when its confidence interval excludes 0. Degenerate cases, 
   or 1 when every difference is 0);
 * no common seed with the baseline, or no baseline at all: everything is NaN.
 
-The baseline of a student is the student without distillation of the same configuration if
-params.yaml has one, else the first student without distillation (the paper has a single
-no-KD row, the architecture of configuration 5).
+The baseline of a student is the student without distillation of the same architecture
+(configuration and proxy streams, :attr:`StudentSpec.architecture`) if params.yaml has one,
+else the paper's no-KD row (:func:`paper_baseline`): the paper has a single no-KD row, the
+3-transformer architecture of configuration 5, and compares every row with it, although the
+9-transformer student of configuration 1 and EDAM-T's full-length-proxy student are other
+networks. A no-KD row of each architecture makes every difference the effect of
+distillation alone. A student trained on part of the training split (``train_fraction``)
+is compared with the no-KD student of its architecture trained on the same part.
 """
 
 from __future__ import annotations
@@ -111,15 +116,29 @@ def sign_flip_p(d: np.ndarray, rng: np.random.Generator | None = None) -> float:
     return (1 + hits) / (1 + N_RANDOM_FLIPS)
 
 
+PAPER_ARCHITECTURE = ("language_audio", "down")  # the paper's no-KD row: configuration 5's student (Fig. 1)
+
+
+def paper_baseline(reg: Registry) -> str | None:
+    """The no-KD row that stands for the paper's: the first no-KD student of the paper's
+    architecture, else the first no-KD student; None without any."""
+    nokd = [s for s in reg.students.values() if not s.distils]
+    same = [s for s in nokd if s.architecture == PAPER_ARCHITECTURE and s.train_fraction == 1]
+    return (same or nokd)[0].name if nokd else None
+
+
 def baselines(reg: Registry) -> dict[str, str]:
     """Student name -> the no-KD student it is compared with (see module docstring)."""
-    nokd = [s for s in reg.students.values() if not s.distils]
-    if not nokd:
+    fallback = paper_baseline(reg)
+    if fallback is None:
         return {}
-    by_conf = {}
-    for s in nokd:
-        by_conf.setdefault(s.configuration, s.name)
-    return {name: by_conf.get(s.configuration, nokd[0].name) for name, s in reg.students.items() if s.distils}
+    by_arch: dict[tuple, str] = {}
+    for s in reg.students.values():
+        if not s.distils:
+            by_arch.setdefault((s.architecture, s.train_fraction), s.name)
+    return {
+        name: by_arch.get((s.architecture, s.train_fraction), fallback) for name, s in reg.students.items() if s.distils
+    }
 
 
 def stat_columns(metric: str) -> list[str]:
@@ -165,10 +184,11 @@ def add_paired_stats(table: pd.DataFrame, reg: Registry, runs: pd.DataFrame) -> 
 
 
 PAIRED_NOTE = (
-    "Δ: paired difference to the student without distillation, in points, mean over seeds with "
-    "its t-based 95 % confidence interval (student seed k paired with no-KD seed k; paired t-test, "
-    "p-values in table1.csv); ✓: the interval excludes 0. A single seed, or the same difference "
-    "at every seed (sd 0), gives the difference alone."
+    "Δ: paired difference to the student without distillation of the same architecture "
+    "(configuration and proxy streams; the no-KD row named in table1.csv's `baseline` column), in "
+    "points, mean over seeds with its t-based 95 % confidence interval (student seed k paired with "
+    "no-KD seed k; paired t-test, p-values in table1.csv); ✓: the interval excludes 0. A single "
+    "seed, or the same difference at every seed (sd 0), gives the difference alone."
 )
 
 

@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 
 from mmdistill.io import read_json
+from mmdistill.models.configurations import CONFIGURATIONS
 from mmdistill.registry import Registry
 from mmdistill.report.paper import GROUP_TITLES, LEVEL_TEXT, PAPER_TEACHERS, method_text, paper_student
-from mmdistill.report.stats import PAIRED_NOTE, format_difference
+from mmdistill.report.stats import PAIRED_NOTE, PAPER_ARCHITECTURE, format_difference, paper_baseline
 
 CONFIG_ORDER = ("complete", "video", "language", "audio", "language_audio")
 
@@ -88,18 +89,19 @@ def table1(reg: Registry, runs: pd.DataFrame, profile: dict[str, Any]) -> pd.Dat
         return out
 
     out = []
-    for name, s in reg.students.items():
-        if not s.distils:
-            out.append(
-                row(
-                    "student",
-                    name,
-                    "",
-                    f"Without KD ({s.configuration} student)",
-                    paper_student(s.configuration, s.method, dict(s.options), s.level),
-                    _student_extra(s),
-                )
+    paper_nokd = paper_baseline(reg)
+    nokd = sorted((s for s in reg.students.values() if not s.distils), key=lambda s: s.name != paper_nokd)
+    for s in nokd:  # the paper's no-KD row first, then one per other architecture (beyond the paper)
+        out.append(
+            row(
+                "student",
+                s.name,
+                "",
+                nokd_description(s, s.name == paper_nokd),
+                paper_student(s.configuration, s.method, dict(s.options), s.level) if s.name == paper_nokd else None,
+                _student_extra(s),
             )
+        )
     for conf in CONFIG_ORDER:
         members = [s for s in reg.students.values() if s.distils and s.configuration == conf]
         if not members:
@@ -156,15 +158,40 @@ EXTENSIONS = {
 }
 
 
+def nokd_description(s, paper_row: bool) -> str:
+    """'Without KD (<configuration> student)'; a no-KD row of another architecture than the
+    paper's single one says which and that it is beyond the paper."""
+    n = CONFIGURATIONS[s.configuration].n_transformers
+    proxies = ", full-length proxies" if s.proxy == "full" else ""
+    if paper_row:
+        return f"Without KD ({s.configuration} student)"
+    if s.train_fraction < 1 and s.architecture == PAPER_ARCHITECTURE:
+        return f"Without KD ({s.configuration} student{_fraction_text(s)})"
+    return (
+        f"Without KD ({s.configuration} student, {n} transformers{proxies}; "
+        "baseline of its architecture, beyond the paper)"
+    )
+
+
 def student_description(s) -> str:
     """'<method> on <level>', e.g. 'CRD on attention maps'."""
     options = dict(s.options)
     method = EXTENSIONS[s.method](options) if s.method in EXTENSIONS else method_text(s.method, options)
-    return f"{method} on {LEVEL_TEXT[s.level]}"
+    return f"{method} on {LEVEL_TEXT[s.level]}{_fraction_text(s)}"
+
+
+def _fraction_text(s) -> str:
+    return f" ({100 * s.train_fraction:g} % of the training set)" if s.train_fraction < 1 else ""
 
 
 def _student_extra(s) -> dict[str, Any]:
-    return {"configuration": s.configuration, "teacher": s.teacher or "", "method": s.method, "level": s.level or ""}
+    return {
+        "configuration": s.configuration,
+        "teacher": s.teacher or "",
+        "method": s.method,
+        "level": s.level or "",
+        "train_fraction": s.train_fraction,
+    }
 
 
 def cost_ratios(table: pd.DataFrame, reg: Registry, runs: pd.DataFrame) -> dict[str, Any] | None:
@@ -193,6 +220,11 @@ def cost_ratios(table: pd.DataFrame, reg: Registry, runs: pd.DataFrame) -> dict[
         "teacher_latency_ms": float(teacher.latency_b1_ms),
         "latency_reduction": float(1 - best.latency_b1_ms / teacher.latency_b1_ms),
     }
+
+
+def _baseline_cell(r) -> str:
+    base = getattr(r, "baseline", "")
+    return f"`{base}`" if isinstance(base, str) and base else "–"
 
 
 def _pm(mean: float, std: float) -> str:
@@ -236,19 +268,23 @@ def to_markdown(
         f"forward pass on {profile['device']} with {profile['threads']} thread(s).",
         "",
         "| Network | Description | Seeds | Accuracy (%) | Paper acc. | F1 (%) | Paper F1 | Parameters "
-        "| Latency b1 (ms) |" + (" Δ acc. vs no KD | Δ F1 vs no KD |" if paired else ""),
-        "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if paired else ""),
+        "| Latency b1 (ms) |" + (" Δ acc. vs no KD | Δ F1 vs no KD | no-KD row compared |" if paired else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if paired else ""),
     ]
     group = None
     for r in table.itertuples():
         if r.group != group and r.group:
-            lines.append(f"| **{r.group}** | | | | | | | | |" + (" | |" if paired else ""))
+            lines.append(f"| **{r.group}** | | | | | | | | |" + (" | | |" if paired else ""))
         group = r.group
         lines.append(
             f"| {r.network} | {r.description} | {r.n_seeds} | {_pm(r.acc_mean, r.acc_std)} | {_num(r.paper_acc)} "
             f"| {_pm(r.f1_mean, r.f1_std)} | {_num(r.paper_f1)} | {r.parameters:,} "
             f"| {_num(getattr(r, 'latency_b1_ms', math.nan), '{:.2f}')} |"
-            + (f" {format_difference(r, 'acc')} | {format_difference(r, 'f1')} |" if paired else "")
+            + (
+                f" {format_difference(r, 'acc')} | {format_difference(r, 'f1')} | {_baseline_cell(r)} |"
+                if paired
+                else ""
+            )
         )
     if paired:
         lines += ["", PAIRED_NOTE]

@@ -2,9 +2,12 @@
 
 Objective (paper 002, eq. 1): ``alpha * L_c + beta * L_KD`` with L_c the cross-entropy on
 the 7 classes and L_KD the distillation loss of the run's method; a run without
-distillation has no L_KD. Optimization follows MulT's MOSEI recipe (Tsai et al. 2019):
-Adam, gradient-norm clipping, ReduceLROnPlateau on the validation loss, the
-best-validation-loss weights kept and evaluated on test; plus early stopping.
+distillation has no L_KD. A model with a single output (``train.objective: regression``)
+is trained instead with the L1 loss on the continuous label and its class is the rounded,
+clipped prediction (MulT's and MMSA's MOSEI recipe; :func:`task_loss`, :func:`to_classes`).
+Optimization follows MulT's MOSEI recipe (Tsai et al. 2019): Adam, gradient-norm clipping,
+ReduceLROnPlateau on the validation loss, the best-validation-loss weights kept and evaluated
+on test; plus early stopping.
 
 Nothing is lost on a crash: after every epoch the complete state (model, optimizer,
 scheduler, distillation modules with their memory banks, RNG states, history) is written
@@ -61,6 +64,7 @@ class TrainConfig:
     precision: str = "fp32"  # 'bf16': autocast forward passes to bfloat16 (see mmdistill.precision)
     teacher_cache_mb: float = 1024.0  # cache the teacher's distilled internals when they fit
     compile: str = "none"  # torch.compile mode of the model's forward (see mmdistill.train.accel)
+    objective: str = "classification"  # or 'regression' (one output, L1 on the continuous label)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -219,8 +223,32 @@ def _internal_bytes(out: ModelOutput) -> int:
     return sum(t.numel() * t.element_size() for *_, t in _internals(out))
 
 
+OBJECTIVES = ("classification", "regression")
+
+
+def is_regression(logits: torch.Tensor) -> bool:
+    """A model with one output predicts the continuous label (``train.objective: regression``)."""
+    return logits.shape[-1] == 1
+
+
+def task_loss(logits: torch.Tensor, batch: Batch, reduction: str = "mean") -> torch.Tensor:
+    """L_c: cross-entropy on the 7 classes, or for a single output the L1 distance to the
+    continuous label in [-3, 3] (MulT / MMSA train MOSEI this way)."""
+    if is_regression(logits):
+        return F.l1_loss(logits.squeeze(-1).float(), batch.score, reduction=reduction)
+    return F.cross_entropy(logits, batch.label, reduction=reduction)
+
+
+def to_classes(logits: torch.Tensor) -> torch.Tensor:
+    """Class indices 0..6: argmax, or for a single output ``round(clip(y, -3, 3)) + 3`` (the
+    rule of data preparation, numpy's round half to even, as torch.round)."""
+    if is_regression(logits):
+        return (torch.round(logits.squeeze(-1).clamp(-3.0, 3.0)) + 3).long()
+    return logits.argmax(-1)
+
+
 class Objective:
-    """Computes the training loss of one batch: CE alone or eq. 1."""
+    """Computes the training loss of one batch: L_c alone or eq. 1."""
 
     def __init__(
         self,
@@ -254,7 +282,7 @@ class Objective:
 
     def __call__(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.model(batch.inputs, self.student_request)
-        ce = F.cross_entropy(out.logits, batch.label)
+        ce = task_loss(out.logits, batch)
         if self.kd is None:
             return ce, {"ce": ce.detach()}
         live = None
@@ -269,14 +297,15 @@ class Objective:
 
 @torch.no_grad()
 def predict(model: nn.Module, split: SplitData, batch_size: int, device: torch.device) -> tuple[np.ndarray, float]:
-    """Class predictions for a split and the mean cross-entropy."""
+    """Class predictions for a split and the mean task loss (cross-entropy, or L1 for a
+    single-output model)."""
     model.eval()
     preds, loss_sum = [], torch.zeros((), dtype=torch.float64, device=device)
     for b in split.batches(batch_size):
         b = b.to(device)
         logits = model(b.inputs, NOTHING).logits.float()
-        loss_sum += F.cross_entropy(logits, b.label, reduction="sum")
-        preds.append(logits.argmax(-1))
+        loss_sum += task_loss(logits, b, reduction="sum")
+        preds.append(to_classes(logits))
     # one device-to-host copy per pass, not one per batch
     return torch.cat(preds).cpu().numpy(), float(loss_sum) / len(split)
 
