@@ -17,7 +17,9 @@ from mmdistill.data.acquire import acquire, prepare_dataset
 from mmdistill.data.dataset import DataError
 from mmdistill.data.download import DownloadError
 from tests.test_data_prepare import SYN_CFG
-from tests.test_data_sources import cfg_for, dump, make_csd_dir, mult_raw
+from tests.test_data_sdk_csd import cfg_for as csd_cfg
+from tests.test_data_sdk_csd import make_csd
+from tests.test_data_sources import cfg_for, dump, mult_raw
 
 
 def sha256_of(path: Path) -> str:
@@ -49,12 +51,12 @@ def test_summary_records_the_raw_files_own_sha256(tmp_path):
 
 
 def test_summary_records_each_csd_files_own_sha256(tmp_path):
-    make_csd_dir(tmp_path / "csd", n_videos=30)
-    cfg = cfg_for("sdk_csd", path=str(tmp_path / "csd"))
+    make_csd(tmp_path / "csd")
+    cfg = csd_cfg(tmp_path / "csd")
     raw_dir = acquire(cfg, tmp_path / "raw")
     summary = prepare_dataset(cfg, raw_dir, tmp_path / "d.h5", tmp_path / "d.json")
     files = sorted(raw_dir.glob("*.csd"))
-    assert len(files) == len(sdk_csd.CSD_FILES)
+    assert len(files) == len(sdk_csd.CSD_FILES["mosei"])
     assert summary["raw"]["sha256"] == {p.name: sha256_of(p) for p in files}
 
 
@@ -73,26 +75,26 @@ def test_mult_pkl_url_checksum_is_enforced(www, tmp_path):
 @pytest.mark.parametrize("keyed_by", ["name", "relative path"])
 def test_each_csd_checksum_is_enforced_on_download(www, tmp_path, keyed_by):
     root, base = www
-    make_csd_dir(root, nested=True)
-    rels = list(sdk_csd.CSD_FILES.values())
+    make_csd(root, nested=True)
+    rels = list(sdk_csd.CSD_FILES["mosei"].values())
     key = (lambda rel: Path(rel).name) if keyed_by == "name" else (lambda rel: rel)
     sums = {key(rel): sha256_of(root / rel) for rel in rels}
-    out = acquire(cfg_for("sdk_csd", base_urls=[base], sha256=sums), tmp_path / "ok", progress=False)
+    out = acquire(csd_cfg(base_urls=[base], sha256=sums), tmp_path / "ok", progress=False)
     assert {p.name: sha256_of(p) for p in out.glob("*.csd")} == {Path(r).name: sums[key(r)] for r in rels}
     for i, rel in enumerate(rels):  # any one wrong checksum stops the download, naming its file
         wrong = {**sums, key(rel): "0" * 64}
         with pytest.raises(DownloadError, match=rf"(?s){Path(rel).name}.*sha256 mismatch"):
-            acquire(cfg_for("sdk_csd", base_urls=[base], sha256=wrong), tmp_path / f"bad{i}", progress=False)
+            acquire(csd_cfg(base_urls=[base], sha256=wrong), tmp_path / f"bad{i}", progress=False)
 
 
 def test_each_csd_checksum_is_enforced_on_a_local_copy(tmp_path):
-    make_csd_dir(tmp_path / "csd")
+    make_csd(tmp_path / "csd")
     files = {p.name: p for p in (tmp_path / "csd").glob("*.csd")}
     sums = {n: sha256_of(p) for n, p in files.items()}
-    acquire(cfg_for("sdk_csd", path=str(tmp_path / "csd"), sha256=sums), tmp_path / "ok")
+    acquire(csd_cfg(tmp_path / "csd", sha256=sums), tmp_path / "ok")
     for name in files:
         with pytest.raises(DataError, match=rf"{name}: sha256 mismatch"):
-            acquire(cfg_for("sdk_csd", path=str(tmp_path / "csd"), sha256={**sums, name: "f" * 64}), tmp_path / "x")
+            acquire(csd_cfg(tmp_path / "csd", sha256={**sums, name: "f" * 64}), tmp_path / "x")
 
 
 def test_mult_pkl_local_copy_with_the_right_checksum_is_taken(tmp_path):

@@ -7,12 +7,9 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from tests.conftest import ROOT
 
 
-@pytest.mark.slow
 def test_check_script_dry_run_writes_one_json(tmp_path):
     env = dict(os.environ)
     env.update(OUT=str(tmp_path), MMDISTILL_GPU_CHECK_ALLOW_CPU="1", MMDISTILL_GPU_CHECK_BARE="1", PYTHON="python")
