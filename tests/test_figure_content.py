@@ -38,7 +38,7 @@ def drawn(tiny_run, tmp_path_factory):
         figures.make_figures(reg, table, runs, profile, tmp_path_factory.mktemp("figures"))
     finally:
         mp.undo()
-    assert set(captured) == set(figures.FIGURES)
+    assert set(captured) == set(figures.FIGURES) - {"learning_curve"}  # no tiny row trains on part of the split
     return reg, table, runs, profile, captured
 
 

@@ -64,6 +64,7 @@ EXAMPLES = [
     ("report", "report"),
     ("robustness", "robustness"),
     ("bench", "bench --what rows"),
+    ("event-attention", "event-attention --override workflow/configs/known-answer.yaml --students c5_edam_s_attn"),
 ]
 
 
