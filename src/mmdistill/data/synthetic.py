@@ -114,13 +114,7 @@ def generate(
 ) -> dict[str, dict[str, np.ndarray]]:
     """Draw a synthetic data set in MulT pickle layout (see the module docstring); feature
     widths ``feature_dims`` (default MulT's MOSEI widths, 35 / 74 / 300)."""
-    sizes = {"train": n_train, "valid": n_valid, "test": n_test}
-    for split, n in sizes.items():
-        if n < 1:
-            raise ValueError(f"synthetic split '{split}' must have at least 1 sample, got {n}")
-    for m in MODALITIES:
-        if lengths.get(m, 0) < 1:
-            raise ValueError(f"lengths[{m!r}] must be a positive integer, got {lengths.get(m)}")
+    sizes = _checked_sizes(n_train, n_valid, n_test, lengths)
     n = sum(sizes.values())
     world = {m: _modality_world(feature_dims[m], rng) for m in MODALITIES}
 
@@ -148,9 +142,7 @@ def generate(
         true_len = np.clip(np.round(frac * T), 1, T).astype(np.int64)  # (N,)
         start = T - true_len  # first true row
         t = np.arange(T, dtype=np.float64)
-        pos = start[:, None] + where * (true_len[:, None] - 1)  # (N, K) event centres
-        width = max(0.6, model.event_width * T)
-        bump = np.exp(-0.5 * ((t[None, :, None] - pos[:, None, :]) / width) ** 2)  # (N, T, K)
+        _, bump = _bumps(where, start, true_len, t, max(0.6, model.event_width * T))  # (N, T, K)
         bump *= active[:, None, :]
         mu, scale, d_common, d_private, d_marker = world[m]
         content = (
@@ -166,15 +158,7 @@ def generate(
         x[t[None, :] < start[:, None]] = 0.0  # left padding
         arrays[FILE_KEY[m]] = x
 
-    out: dict[str, dict[str, np.ndarray]] = {}
-    lo = 0
-    for split in SPLITS:
-        hi = lo + sizes[split]
-        out[split] = {key: arr[lo:hi] for key, arr in arrays.items()}
-        out[split]["labels"] = labels[lo:hi].reshape(-1, 1, 1)
-        out[split]["id"] = np.array([f"synthetic_{split}_{i:05d}" for i in range(hi - lo)])
-        lo = hi
-    return out
+    return _split(arrays, labels, sizes)
 
 
 SCENARIOS = ("mosei_like", "known_answer")
@@ -234,13 +218,7 @@ def generate_known_answer(
     ``{split: {modality: (N, max_events) float, NaN where a sample has fewer events}}``.
     Audio gets the same -inf / NaN defects as the default scenario, so ``prepare`` is exercised.
     """
-    sizes = {"train": n_train, "valid": n_valid, "test": n_test}
-    for split, n in sizes.items():
-        if n < 1:
-            raise ValueError(f"synthetic split '{split}' must have at least 1 sample, got {n}")
-    for m in MODALITIES:
-        if lengths.get(m, 0) < 1:
-            raise ValueError(f"lengths[{m!r}] must be a positive integer, got {lengths.get(m)}")
+    sizes = _checked_sizes(n_train, n_valid, n_test, lengths)
     n = sum(sizes.values())
     world = {m: _modality_world(FEATURE_DIM[m], rng) for m in MODALITIES}
     K, J = model.max_events, model.n_distractors
@@ -289,17 +267,39 @@ def generate_known_answer(
         x[t[None, :] < start[:, None]] = 0.0
         arrays[FILE_KEY[m]] = x
 
+    out = _split(arrays, labels, sizes)
+    if not return_events:
+        return out
+    bounds = np.cumsum([0] + [sizes[split] for split in SPLITS])
+    ev = {split: {m: e[bounds[i] : bounds[i + 1]] for m, e in events.items()} for i, split in enumerate(SPLITS)}
+    return out, ev
+
+
+def _checked_sizes(n_train: int, n_valid: int, n_test: int, lengths: dict[str, int]) -> dict[str, int]:
+    """The split sizes by name, after checking them and the sequence lengths."""
+    sizes = {"train": n_train, "valid": n_valid, "test": n_test}
+    for split, n in sizes.items():
+        if n < 1:
+            raise ValueError(f"synthetic split '{split}' must have at least 1 sample, got {n}")
+    for m in MODALITIES:
+        if lengths.get(m, 0) < 1:
+            raise ValueError(f"lengths[{m!r}] must be a positive integer, got {lengths.get(m)}")
+    return sizes
+
+
+def _split(
+    arrays: dict[str, np.ndarray], labels: np.ndarray, sizes: dict[str, int]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Cut the samples, drawn in split order, into the MulT pickle's splits with labels and ids."""
     out: dict[str, dict[str, np.ndarray]] = {}
-    ev: dict[str, dict[str, np.ndarray]] = {}
     lo = 0
     for split in SPLITS:
         hi = lo + sizes[split]
         out[split] = {key: arr[lo:hi] for key, arr in arrays.items()}
         out[split]["labels"] = labels[lo:hi].reshape(-1, 1, 1)
         out[split]["id"] = np.array([f"synthetic_{split}_{i:05d}" for i in range(hi - lo)])
-        ev[split] = {m: e[lo:hi] for m, e in events.items()}
         lo = hi
-    return (out, ev) if return_events else out
+    return out
 
 
 def _bumps(
