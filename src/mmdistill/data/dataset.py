@@ -192,11 +192,7 @@ def load_split(path: str | Path, split: str) -> SplitData:
     path = Path(path)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot be opened as HDF5 ({exc})") from exc
-    with f:
+    with _open_hdf5(path) as f:
         if split not in f:
             raise DataError(f"{path}: split '{split}' is missing (has: {sorted(f.keys())})")
         g = f[split]
@@ -239,12 +235,15 @@ def read_feature_dims(path: str | Path) -> dict[str, int]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no prepared data file (run the `prepare` step first)")
+    with _open_hdf5(path) as f:
+        return _feature_dims(f, path)
+
+
+def _open_hdf5(path: Path) -> h5py.File:
     try:
-        f = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError as exc:
         raise DataError(f"{path}: cannot be opened as HDF5 ({exc})") from exc
-    with f:
-        return _feature_dims(f, path)
 
 
 def _feature_dims(f: h5py.File, path: Path) -> dict[str, int]:

@@ -32,7 +32,7 @@ import numpy as np
 
 from mmdistill.data import SPLITS
 from mmdistill.data.dataset import DataError
-from mmdistill.data.mult_pkl import unpickle
+from mmdistill.data.mult_pkl import describe, unpickle
 from mmdistill.data.prepare import trailing_lengths
 
 FEATURE_KEYS = {"V": "vision", "A": "audio", "L": "text"}
@@ -86,7 +86,7 @@ def _split(d: object, where: str) -> tuple[dict, str]:
     for key in FEATURE_KEYS.values():
         arr = d[key]
         if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu" or arr.ndim != 3 or arr.shape[2] < 1:
-            raise DataError(f"{where}: '{key}' must be a numeric (N, T, D) array, found {_describe(arr)}")
+            raise DataError(f"{where}: '{key}' must be a numeric (N, T, D) array, found {describe(arr)}")
         if n is None:
             n = arr.shape[0]
         elif arr.shape[0] != n:
@@ -114,7 +114,7 @@ def _split(d: object, where: str) -> tuple[dict, str]:
     labels = d[LABEL_KEY]
     labels = np.asarray(labels) if isinstance(labels, (list, tuple)) else labels
     if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "fiu" or labels.size != n:
-        raise DataError(f"{where}: '{LABEL_KEY}' must be {n} numbers, found {_describe(labels)}")
+        raise DataError(f"{where}: '{LABEL_KEY}' must be {n} numbers, found {describe(labels)}")
     out["labels"] = labels.astype(np.float32).reshape(n)
     ids = d.get("id")
     if ids is None:
@@ -129,13 +129,7 @@ def _split(d: object, where: str) -> tuple[dict, str]:
 def _lengths(value: object, n: int, where: str) -> np.ndarray:
     arr = np.asarray(value)
     if arr.shape != (n,) or arr.dtype.kind not in "iuf":
-        raise DataError(f"{where} must be {n} lengths, found {_describe(arr)}")
+        raise DataError(f"{where} must be {n} lengths, found {describe(arr)}")
     if not np.isfinite(arr).all() or (arr < 0).any() or (arr != np.round(arr)).any():
         raise DataError(f"{where} must hold whole numbers >= 0")
     return arr.astype(np.int64)
-
-
-def _describe(x: object) -> str:
-    if isinstance(x, np.ndarray):
-        return f"array of dtype {x.dtype} and shape {x.shape}"
-    return type(x).__name__

@@ -130,7 +130,7 @@ def _check_split(d: object, where: str, split: str) -> dict[str, np.ndarray]:
         key = FILE_KEY[m]
         arr = d[key]
         if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
-            raise DataError(f"{where}: '{key}' must be a numeric numpy array, found {_describe(arr)}")
+            raise DataError(f"{where}: '{key}' must be a numeric numpy array, found {describe(arr)}")
         if arr.ndim != 3 or arr.shape[2] < 1:
             raise DataError(f"{where}: '{key}' has shape {arr.shape}; expected (N, T, D)")
         if n is None:
@@ -142,7 +142,7 @@ def _check_split(d: object, where: str, split: str) -> dict[str, np.ndarray]:
         raise DataError(f"{where} is empty (0 samples)")
     labels = d[LABEL_KEY]
     if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "fiu" or labels.size != n:
-        raise DataError(f"{where}: '{LABEL_KEY}' must be {n} numbers (shape (N, 1, 1)), found {_describe(labels)}")
+        raise DataError(f"{where}: '{LABEL_KEY}' must be {n} numbers (shape (N, 1, 1)), found {describe(labels)}")
     if labels.ndim == 0 or labels.shape[0] != n:
         raise DataError(f"{where}: '{LABEL_KEY}' has shape {labels.shape}; expected ({n}, 1, 1)")
     out[LABEL_KEY] = labels.astype(np.float32).reshape(n, 1, 1)
@@ -166,7 +166,8 @@ def _text(v: object) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
-def _describe(x: object) -> str:
+def describe(x: object) -> str:
+    """A found value in a message: an array's dtype and shape, else its type."""
     if isinstance(x, np.ndarray):
         return f"array of dtype {x.dtype} and shape {x.shape}"
     return type(x).__name__
