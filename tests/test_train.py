@@ -30,8 +30,10 @@ def make_model():
     return build_student(cfg, "language_audio", "V", LENGTHS, "down")
 
 
-def fit(tmp_path, tag, cfg=CFG, train_split=None):
-    model = make_model()
+def fit(tmp_path, tag, cfg=CFG, train_split=None, model=None, resume=None, config_hash="h", **kw):
+    """Train ``model`` (default: :func:`make_model`) on the test splits; ``resume`` names the
+    resume file (default: ``tag``); other keywords go to :func:`train`."""
+    model = make_model() if model is None else model
     res = train(
         model,
         train_split or make_split("train", 48, 1),
@@ -39,9 +41,10 @@ def fit(tmp_path, tag, cfg=CFG, train_split=None):
         cfg,
         seed=3,
         run_label=f"test/{tag}",
-        resume_path=tmp_path / f"{tag}.pt",
-        config_hash="h",
+        resume_path=tmp_path / f"{resume or tag}.pt",
+        config_hash=config_hash,
         progress=False,
+        **kw,
     )
     return model, res
 
@@ -83,18 +86,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
 
 def test_resume_file_from_other_settings_is_not_used(tmp_path):
     fit(tmp_path, "x", cfg=TrainConfig(**{**CFG.__dict__, "epochs": 1}))
-    model = make_model()
-    res = train(
-        model,
-        make_split("train", 48, 1),
-        make_split("valid", 16, 2),
-        CFG,
-        seed=3,
-        run_label="t",
-        resume_path=tmp_path / "x.pt",
-        config_hash="other",
-        progress=False,
-    )
+    _, res = fit(tmp_path, "t", resume="x", config_hash="other")
     assert res.resumed_from_epoch == 0 and res.epochs_run == 3
 
 
@@ -176,19 +168,7 @@ def test_phases_are_timed_and_cover_the_epochs(tmp_path):
     from mmdistill.train.timing import JobTimer
 
     timer = JobTimer()
-    model = make_model()
-    res = train(
-        model,
-        make_split("train", 48, 1),
-        make_split("valid", 16, 2),
-        CFG,
-        seed=3,
-        run_label="t",
-        resume_path=tmp_path / "t.pt",
-        config_hash="h",
-        progress=False,
-        timer=timer,
-    )
+    _, res = fit(tmp_path, "t", timer=timer)
     s = timer.seconds
     assert s["steps"] > 0 and s["validation"] > 0 and s["checkpoint"] > 0 and s["batches"] > 0
     # the epochs' seconds (steps, batches, validation, progress bar) are all inside the phases
@@ -251,18 +231,7 @@ def test_regression_objective_is_l1_on_the_score_and_classes_by_rounding(tmp_pat
     assert loop.task_loss(torch.tensor([[-2.0], [2.0]]), b).item() == pytest.approx(0.75)
     torch.manual_seed(0)
     cfg = ModelConfig.from_dict({"d_model": 8, "n_heads": 2, "n_layers": 1, "n_classes": 1})
-    model = build_student(cfg, "language_audio", "V", LENGTHS, "down")
-    res = train(
-        model,
-        make_split("train", 48, 1),
-        make_split("valid", 16, 2),
-        CFG,
-        seed=3,
-        run_label="reg",
-        resume_path=tmp_path / "reg.pt",
-        config_hash="h",
-        progress=False,
-    )
+    model, res = fit(tmp_path, "reg", model=build_student(cfg, "language_audio", "V", LENGTHS, "down"))
     valid = make_split("valid", 16, 2)
     with torch.no_grad():
         pred = model(valid.inputs).logits

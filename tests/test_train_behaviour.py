@@ -11,27 +11,10 @@ import pytest
 import torch
 
 from mmdistill.train import loop
-from mmdistill.train.loop import NonFiniteLossError, TrainConfig, evaluate, resolve_device, train
-from tests.test_train import CFG, make_model, make_split
+from mmdistill.train.loop import NonFiniteLossError, TrainConfig, evaluate, resolve_device
+from tests.test_train import CFG, fit, make_split
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run(tmp_path, cfg, tag="r", train_split=None, **kw):
-    model = make_model()
-    res = train(
-        model,
-        train_split or make_split("train", 48, 1),
-        make_split("valid", 16, 2),
-        cfg,
-        seed=3,
-        run_label=f"test/{tag}",
-        resume_path=tmp_path / f"{tag}.pt",
-        config_hash="h",
-        progress=False,
-        **kw,
-    )
-    return model, res
 
 
 def test_history_and_best_weights(tmp_path, monkeypatch):
@@ -45,7 +28,7 @@ def test_history_and_best_weights(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop, "save_resume", keep)
     cfg = TrainConfig(**{**CFG.__dict__, "epochs": 4, "early_stop": 10, "lr": 0.05})
-    model, res = run(tmp_path, cfg)
+    model, res = fit(tmp_path, "r", cfg)
     assert [h["epoch"] for h in res.history] == [1, 2, 3, 4] and res.epochs_run == 4
     for h in res.history:
         assert set(h) == {
@@ -84,14 +67,14 @@ def test_early_stop_and_learning_rate_schedule(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop, "evaluate", worsening)
     cfg = TrainConfig(**{**CFG.__dict__, "epochs": 8, "early_stop": 3, "lr_patience": 1, "lr_factor": 0.5})
-    _, res = run(tmp_path, cfg)
+    _, res = fit(tmp_path, "r", cfg)
     assert res.epochs_run == 4 and res.best_epoch == 1  # 1 good epoch, then 3 bad ones
     assert [h["lr"] for h in res.history] == pytest.approx([3e-3, 3e-3, 1.5e-3, 1.5e-3])
 
 
 def test_a_finished_run_started_again_trains_no_more(tmp_path):
-    model, res = run(tmp_path, CFG, tag="done")
-    again_model, again = run(tmp_path, CFG, tag="done")
+    model, res = fit(tmp_path, "done", CFG)
+    again_model, again = fit(tmp_path, "done", CFG)
     assert again.resumed_from_epoch == CFG.epochs == again.epochs_run
     assert again.history == res.history
     for a, b in zip(model.state_dict().values(), again_model.state_dict().values()):
@@ -99,20 +82,9 @@ def test_a_finished_run_started_again_trains_no_more(tmp_path):
 
 
 def test_resume_file_from_other_settings_is_named_in_a_warning(tmp_path, caplog):
-    run(tmp_path, TrainConfig(**{**CFG.__dict__, "epochs": 1}), tag="x")
+    fit(tmp_path, "x", TrainConfig(**{**CFG.__dict__, "epochs": 1}))
     caplog.set_level(logging.WARNING, logger="mmdistill.train.loop")
-    model = make_model()
-    res = train(
-        model,
-        make_split("train", 48, 1),
-        make_split("valid", 16, 2),
-        CFG,
-        seed=3,
-        run_label="test/other",
-        resume_path=tmp_path / "x.pt",
-        config_hash="other",
-        progress=False,
-    )
+    _, res = fit(tmp_path, "other", resume="x", config_hash="other")
     assert res.resumed_from_epoch == 0
     assert "test/other" in caplog.text and "x.pt was written under other settings; starting afresh" in caplog.text
 
@@ -120,12 +92,12 @@ def test_resume_file_from_other_settings_is_named_in_a_warning(tmp_path, caplog)
 def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
     cfg = TrainConfig(**{**CFG.__dict__, "epochs": 2})
     good = make_split("train", 48, 1)
-    _, first = run(tmp_path, TrainConfig(**{**CFG.__dict__, "epochs": 1}), tag="nan", train_split=good)
+    _, first = fit(tmp_path, "nan", TrainConfig(**{**CFG.__dict__, "epochs": 1}), train_split=good)
     ckpt = torch.load(tmp_path / "nan.pt", weights_only=False)
     bad = make_split("train", 48, 1)
     bad.inputs["V"][:, -1, :] = float("inf")
     with pytest.raises(NonFiniteLossError, match=r"test/nan: training loss is non-finite at epoch 2, step 1/3") as err:
-        run(tmp_path, cfg, tag="nan", train_split=bad)
+        fit(tmp_path, "nan", cfg, train_split=bad)
     assert str(tmp_path / "nan.pt") in str(err.value)
     kept = torch.load(tmp_path / "nan.pt", weights_only=False)
     assert kept["state"]["epoch"] == 1 == ckpt["state"]["epoch"]
