@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import os
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -87,3 +92,29 @@ def tiny_run(tmp_path_factory) -> Path:
     project = make_project(tmp_path_factory.mktemp("tiny_run") / "proj", tiny_params())
     run(["snakemake", "--cores", "2", "results/table1.csv"], project)
     return project
+
+
+@contextlib.contextmanager
+def serve_http(handler) -> Iterator[str]:
+    """Serve ``handler`` on 127.0.0.1 (a free port) in a thread; yields the base URL."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def file_server(tmp_path):
+    """A directory served on 127.0.0.1: (root, base URL)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    with serve_http(functools.partial(_QuietFiles, directory=str(root))) as base:
+        yield root, base

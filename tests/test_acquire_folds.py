@@ -10,7 +10,6 @@ import pytest
 
 from mmdistill.data.acquire import acquire, prepare_dataset
 from mmdistill.data.dataset import DataError
-from tests.test_checksums import www  # noqa: F401 (fixture)
 from tests.test_data_sdk_csd import TEST, TRAIN, VALID, cfg_for, make_csd
 
 
@@ -37,8 +36,8 @@ def test_configured_folds_file_is_used_and_checked(tmp_path):
     assert not (tmp_path / "e.h5").exists()
 
 
-def test_base_url_with_a_trailing_slash(www, tmp_path):  # noqa: F811
-    root, base = www
+def test_base_url_with_a_trailing_slash(file_server, tmp_path):
+    root, base = file_server
     make_csd(root, nested=True)
     raw = acquire(cfg_for(base_urls=[base + "/"]), tmp_path / "raw", progress=False)
     assert len(list(raw.glob("*.csd"))) == 4

@@ -4,10 +4,7 @@ whether downloaded or taken from a local path."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -26,24 +23,6 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture()
-def www(tmp_path):
-    """A directory served on 127.0.0.1: (root, base URL)."""
-    root = tmp_path / "www"
-    root.mkdir()
-
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
 def test_summary_records_the_raw_files_own_sha256(tmp_path):
     raw = acquire(SYN_CFG, tmp_path / "raw", progress=False)
     summary = prepare_dataset(SYN_CFG, raw, tmp_path / "d.h5", tmp_path / "d.json")
@@ -60,8 +39,8 @@ def test_summary_records_each_csd_files_own_sha256(tmp_path):
     assert summary["raw"]["sha256"] == {p.name: sha256_of(p) for p in files}
 
 
-def test_mult_pkl_url_checksum_is_enforced(www, tmp_path):
-    root, base = www
+def test_mult_pkl_url_checksum_is_enforced(file_server, tmp_path):
+    root, base = file_server
     pkl = dump(mult_raw(), root / "mosei.pkl")
     good = sha256_of(pkl)
     with pytest.raises(DownloadError, match=r"(?s)mosei_senti_data_noalign\.pkl.*sha256 mismatch"):
@@ -73,8 +52,8 @@ def test_mult_pkl_url_checksum_is_enforced(www, tmp_path):
 
 
 @pytest.mark.parametrize("keyed_by", ["name", "relative path"])
-def test_each_csd_checksum_is_enforced_on_download(www, tmp_path, keyed_by):
-    root, base = www
+def test_each_csd_checksum_is_enforced_on_download(file_server, tmp_path, keyed_by):
+    root, base = file_server
     make_csd(root, nested=True)
     rels = list(sdk_csd.CSD_FILES["mosei"].values())
     key = (lambda rel: Path(rel).name) if keyed_by == "name" else (lambda rel: rel)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import re
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from mmdistill.data.download import DownloadError, fetch, part_path
+from tests.conftest import serve_http
 
 PAYLOAD = bytes(range(256)) * 400  # 102400 bytes
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -63,20 +63,18 @@ class Server:
                     return
                 self.wfile.write(body[start:])
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self.handler = Handler
+        self.base = ""  # set while served
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+        return self.base + path
 
 
 @pytest.fixture()
 def server():
     s = Server()
-    s.thread.start()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    with serve_http(s.handler) as s.base:
+        yield s
 
 
 def dead_url() -> str:

@@ -10,13 +10,10 @@ Expected values are worked out by hand from the fixture's construction (see ``ma
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import re
 import shutil
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import h5py
@@ -283,27 +280,15 @@ def test_old_folds_file_beside_the_csd_files_is_not_ignored_silently(tmp_path):
     acquire(cfg_for(csd), tmp_path / "raw")
 
 
-def test_download_in_the_sdk_layout(tmp_path):
-    make_csd(tmp_path / "www", nested=True)  # the SDK's sub-folders under its base URL
-    handler = functools.partial(_Quiet, directory=str(tmp_path / "www"))
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-    try:
-        base = f"http://127.0.0.1:{httpd.server_address[1]}"
-        cfg = cfg_for(base_urls=[base + "/nothing/", base])
-        raw = acquire(cfg, tmp_path / "raw", progress=False)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+def test_download_in_the_sdk_layout(file_server, tmp_path):
+    root, base = file_server
+    make_csd(root, nested=True)  # the SDK's sub-folders under its base URL
+    cfg = cfg_for(base_urls=[base + "/nothing/", base])
+    raw = acquire(cfg, tmp_path / "raw", progress=False)
     assert sorted(p.name for p in raw.iterdir()) == sorted(Path(r).name for r in sdk_csd.CSD_FILES["mosei"].values())
     summary = prepare_dataset(cfg, raw, tmp_path / "d.h5", tmp_path / "d.json")
     assert summary["n"] == {"train": 9, "valid": 3, "test": 3} and len(summary["raw"]["sha256"]) == 4
     assert summary["raw"]["csd"]["files"]["A"] == str(raw / "CMU_MOSEI_COVAREP.csd")  # no user path: the download
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
 
 
 def test_mosi_file_names(tmp_path):

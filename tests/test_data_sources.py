@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import pickle
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -98,23 +95,6 @@ def test_mult_pkl_structure_errors(tmp_path):
 
 
 # ----------------------------------------------------------------------------- acquire
-
-
-@pytest.fixture()
-def file_server(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
 
 
 LENGTHS = {"V": 3, "A": 4, "L": 2}

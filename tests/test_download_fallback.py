@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from mmdistill.data.download import DownloadError, fetch, part_path
+from tests.conftest import serve_http
 
 PAYLOAD = bytes(range(251)) * 300  # 75300 bytes
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -70,20 +70,18 @@ class Server:
                 self.end_headers()
                 self.wfile.write(body[start:])
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self.handler = Handler
+        self.base = ""  # set while served
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+        return self.base + path
 
 
 @pytest.fixture()
 def server():
     s = Server()
-    s.thread.start()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    with serve_http(s.handler) as s.base:
+        yield s
 
 
 def test_checksum_mismatch_moves_on_to_the_next_url(server, tmp_path):
