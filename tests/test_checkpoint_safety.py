@@ -58,25 +58,12 @@ def test_checkpoint_carrying_a_pickled_object_is_refused(tmp_path):
 
 
 def test_resume_checkpoint_carrying_a_pickled_object_is_refused(tmp_path):
-    from mmdistill.train.loop import TrainConfig, train
-    from tests.test_train import make_model, make_split
+    from tests.test_train import fit
 
     marker = tmp_path / "code-ran"
-    resume = tmp_path / "last.pt"
-    torch.save({"config_hash": "h", "state": _RunsCode(marker)}, resume)
-    cfg = TrainConfig(epochs=1, batch_size=16, lr=1e-3, grad_clip=0.8, lr_patience=1, lr_factor=0.5, early_stop=2)
+    torch.save({"config_hash": "h", "state": _RunsCode(marker)}, tmp_path / "last.pt")
     with pytest.raises(CheckpointError, match=r"last\.pt: refused to load"):
-        train(
-            make_model(),
-            make_split("train", 32, 1),
-            make_split("valid", 16, 2),
-            cfg,
-            seed=0,
-            run_label="r",
-            resume_path=resume,
-            config_hash="h",
-            progress=False,
-        )
+        fit(tmp_path, "last")  # resumes from tmp_path / "last.pt" under config hash "h"
     assert not marker.exists()
 
 

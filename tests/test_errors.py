@@ -208,24 +208,13 @@ def _nan_after(model, calls: int):
 
 @pytest.mark.parametrize("bad_epoch", [1, 2])
 def test_non_finite_loss_names_last_pt_only_when_it_exists(tmp_path, bad_epoch):
-    from mmdistill.train.loop import NonFiniteLossError, TrainConfig, train
-    from tests.test_train import make_model, make_split
+    from mmdistill.train.loop import NonFiniteLossError
+    from tests.test_train import fit, make_model
 
-    cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, grad_clip=0.8, lr_patience=1, lr_factor=0.5, early_stop=5)
     resume = tmp_path / "last.pt"
     model = _nan_after(make_model(), calls=1 if bad_epoch == 1 else 4)  # 48 samples: 3 steps per epoch
     with pytest.raises(NonFiniteLossError) as info:
-        train(
-            model,
-            make_split("train", 48, 1),
-            make_split("valid", 16, 2),
-            cfg,
-            seed=0,
-            run_label="r",
-            resume_path=resume,
-            config_hash="h",
-            progress=False,
-        )
+        fit(tmp_path, "last", model=model)  # 3 epochs, resume file tmp_path / "last.pt"
     msg = str(info.value)
     assert f"non-finite at epoch {bad_epoch}, step 1/3" in msg
     if bad_epoch == 1:
