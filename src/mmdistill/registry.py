@@ -336,10 +336,9 @@ class Registry:
     def folds_files(self) -> list[Path]:
         """The folds file `prepare` reads, an input of it in both pipelines: one for ``sdk_csd``
         (``data.sdk_csd.folds``), none for the other sources and for the hash split."""
-        cfg = self.params["data"]["sdk_csd"]
-        if self.source != "sdk_csd" or cfg.get("hash_split"):
+        if self.source != "sdk_csd" or self.hash_split():
             return []
-        return [self.root / Path(cfg["folds"]).expanduser()]  # as mmdistill.data.split.folds_file
+        return [self.root / Path(self.params["data"]["sdk_csd"]["folds"]).expanduser()]  # as split.folds_file
 
     def hash_split(self) -> bool:
         """Whether the data are split by a hash of the video id instead of folds (not the standard split)."""
