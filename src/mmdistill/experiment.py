@@ -147,7 +147,7 @@ def train_run(reg: Registry, run: Run, progress: bool = True, timer: JobTimer = 
             splits["train"] = splits["train"].subset(fraction)
             log.info("%s: training on %d of %d training samples (train_fraction)", run.id, len(splits["train"]), full)
     with timer.phase("model"):
-        bp = blueprint(reg, run)
+        bp = blueprint(reg, run, splits["train"].feature_dims)  # the widths of the data just read
         torch.manual_seed(run.seed)  # model initialization
         model = build_from_blueprint(bp)
     with timer.phase("teacher"):
