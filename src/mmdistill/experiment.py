@@ -38,7 +38,7 @@ def blueprint(reg: Registry, run: Run, feature_dims: dict[str, int] | None = Non
     if feature_dims is None:
         feature_dims = read_feature_dims(reg.prepared())
     bp: dict[str, Any] = {"role": run.role, "model": dict(reg.params["model"]), "feature_dims": dict(feature_dims)}
-    if reg.params["train"].get("objective", "classification") == "regression":
+    if reg.regression:
         bp["model"]["n_classes"] = 1  # one output: the continuous label
     if run.role == "teacher":
         bp["branches"] = list(spec.branches)

@@ -147,7 +147,7 @@ class Registry:
         model = self.params["model"]
         if model["d_model"] % model["n_heads"]:
             raise ParamsError(f"model.n_heads: {model['n_heads']} does not divide model.d_model {model['d_model']}")
-        regression = self.params["train"].get("objective", "classification") == "regression"
+        regression = self.regression
         # Any student_modality works with any lengths: a proxy longer than the student's input
         # is up-sampled by a transposed convolution (mmdistill.models.student.ResampleConv).
         self._check_method_defaults()
@@ -313,6 +313,11 @@ class Registry:
             "lengths": dict(d["lengths"]),
             d["source"]: copy.deepcopy(d[d["source"]]),
         }
+
+    @property
+    def regression(self) -> bool:
+        """``train.objective: regression``: teacher and students predict the continuous label."""
+        return self.params["train"].get("objective", "classification") == "regression"
 
     # ------------------------------------------------------------------ paths
     @property

@@ -223,9 +223,6 @@ def _internal_bytes(out: ModelOutput) -> int:
     return sum(t.numel() * t.element_size() for *_, t in _internals(out))
 
 
-OBJECTIVES = ("classification", "regression")
-
-
 def is_regression(logits: torch.Tensor) -> bool:
     """A model with one output predicts the continuous label (``train.objective: regression``)."""
     return logits.shape[-1] == 1
