@@ -159,6 +159,7 @@ def cmd_profile(args) -> int:
 
 def cmd_report(args) -> int:
     from mmdistill.io import clean_temporaries, read_json, write_text
+    from mmdistill.report import curve
     from mmdistill.report.figures import make_figures
     from mmdistill.report.stats import add_paired_stats
     from mmdistill.report.table import collect_runs, cost_ratios, split_note, table1, to_markdown
@@ -175,8 +176,6 @@ def cmd_report(args) -> int:
     ratios = cost_ratios(table, reg, runs)
     write_text(reg.table("csv"), table.to_csv(index=False, float_format="%.4f"))
     split = split_note(read_json(reg.data_summary())) if reg.data_summary().exists() else None
-    from mmdistill.report import curve
-
     lc = curve.learning_curve(reg, table, runs)
     md = to_markdown(table, ratios, profile, reg.source, reg.params["data"]["label_rule"], split=split)
     write_text(reg.table("md"), md + (curve.to_markdown(lc) if lc is not None else ""))
