@@ -82,6 +82,24 @@ def condition_name(missing: tuple[str, ...]) -> str:
     return "+".join(missing) if missing else ALL_PRESENT
 
 
+def conditions(student_modality: str) -> list[tuple[tuple[str, ...], str]]:
+    """Every (missing modalities, fill) evaluated: all present once (nothing is replaced, so the
+    fill does not matter), then each missing set with each fill."""
+    return [((), "zero")] + [(m, f) for m in missing_conditions(student_modality) for f in FILLS]
+
+
+def _row(network: str, name: str, seed: int, missing: tuple[str, ...], fill: str, m: dict) -> dict[str, Any]:
+    return {
+        "network": network,
+        "name": name,
+        "seed": seed,
+        "missing": condition_name(missing),
+        "fill": fill,
+        "acc": 100 * m["acc7"],
+        "f1": 100 * m["f1_weighted"],
+    }
+
+
 @torch.no_grad()
 def evaluate_missing(
     model: nn.Module,
@@ -116,27 +134,17 @@ def teacher_rows(
     device: torch.device | str = "cpu",
 ) -> list[dict[str, Any]]:
     """One row per condition (and fill) for one teacher run."""
-    rows = []
-
-    def add(missing: tuple[str, ...], fill: str) -> None:
-        m = evaluate_missing(model, test, missing, fill, means, batch_size, device)
-        rows.append(
-            {
-                "network": "Teacher",
-                "name": name,
-                "seed": seed,
-                "missing": condition_name(missing),
-                "fill": fill,
-                "acc": 100 * m["acc7"],
-                "f1": 100 * m["f1_weighted"],
-            }
+    return [
+        _row(
+            "Teacher",
+            name,
+            seed,
+            missing,
+            fill,
+            evaluate_missing(model, test, missing, fill, means, batch_size, device),
         )
-
-    add((), "zero")  # nothing is replaced: the fill does not matter
-    for missing in missing_conditions(student_modality):
-        for fill in FILLS:
-            add(missing, fill)
-    return rows
+        for missing, fill in conditions(student_modality)
+    ]
 
 
 def pick_students(reg: Registry) -> list[str]:
@@ -156,23 +164,12 @@ def pick_students(reg: Registry) -> list[str]:
 
 def student_rows(reg: Registry, names: list[str]) -> list[dict[str, Any]]:
     """The students' test numbers (from their metrics files), repeated under every condition."""
-    conds = [((), "zero")] + [(m, f) for m in missing_conditions(reg.params["student_modality"]) for f in FILLS]
+    conds = conditions(reg.params["student_modality"])
     rows = []
     for name in names:
         for seed in reg.seeds:
             t = read_json(reg.metrics(Run("student", name, seed)))["test"]
-            for missing, fill in conds:
-                rows.append(
-                    {
-                        "network": "Student",
-                        "name": name,
-                        "seed": seed,
-                        "missing": condition_name(missing),
-                        "fill": fill,
-                        "acc": 100 * t["acc7"],
-                        "f1": 100 * t["f1_weighted"],
-                    }
-                )
+            rows += [_row("Student", name, seed, missing, fill, t) for missing, fill in conds]
     return rows
 
 
