@@ -114,3 +114,79 @@ def test_device_choice():
     assert TrainConfig.from_dict(CFG.__dict__) == CFG
     with pytest.raises(TypeError):
         TrainConfig.from_dict({**CFG.__dict__, "epochz": 3})
+
+
+def test_device_auto_picks_cuda_when_torch_reports_one(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda") == torch.device("cuda")  # no error when a GPU is there
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        resolve_device("cuda")
+
+
+def test_set_determinism_seeds_threads_and_deterministic_kernels():
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(False)
+        loop.set_determinism(11, 1, torch.device("cpu"))
+        first = torch.rand(4)
+        assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
+        torch.manual_seed(11)
+        assert torch.equal(first, torch.rand(4))  # the global generator was seeded with the seed given
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
+def test_teacher_internals_cached_exactly_up_to_the_budget(caplog):
+    # one batch of 4 samples holding 4 * 2 * 8 * 8 float32 scores = 2,048 bytes: 512 per sample,
+    # so 1,000 samples need 0.512 MB
+    out = loop.ModelOutput(torch.zeros(4, 7), torch.zeros(4, 3), attention={"V<-A": [torch.zeros(4, 2, 8, 8)]})
+    caplog.set_level(logging.INFO, logger="mmdistill.train.loop")
+    assert loop.TeacherCache._fits(out, 4, 1000, budget_mb=0.512)
+    assert "1 MB for the split, teacher_cache_mb=0.512: cached once" in caplog.text
+    assert not loop.TeacherCache._fits(out, 4, 1000, budget_mb=0.511)
+    assert "teacher_cache_mb=0.511: computed per step" in caplog.text
+    assert not loop.TeacherCache._fits(out, 4, 3000, budget_mb=1.5)  # 1.536 MB needed
+
+
+def test_progress_bar_and_epoch_log_line(tmp_path, caplog, capsys):
+    caplog.set_level(logging.INFO, logger="mmdistill.train.loop")
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 2})
+    args = (make_split("train", 48, 1), make_split("valid", 16, 2), cfg)
+    from tests.test_train import make_model
+
+    res = loop.train(make_model(), *args, seed=3, run_label="run/bar", resume_path=tmp_path / "a.pt", config_hash="h")
+    bar = capsys.readouterr().err
+    # one bar per epoch over its 3 steps (not on a terminal: drawn at the start, then every 30 s)
+    assert "run/bar epoch 1/2:   0%|          | 0/3" in bar and "run/bar epoch 2/2:   0%|          | 0/3" in bar
+    for h in res.history:
+        line = (
+            f"run/bar epoch {h['epoch']}: train loss {h['train_loss']:.4f}, valid loss {h['valid_loss']:.4f} "
+            f"acc7 {h['valid_acc7']:.4f} f1 {h['valid_f1_weighted']:.4f} ({h['seconds']:.1f}s)"
+        )
+        assert line in caplog.text
+    loop.train(
+        make_model(), *args, seed=3, run_label="run/quiet", resume_path=tmp_path / "b.pt", config_hash="h", progress=False
+    )
+    assert "run/quiet" not in capsys.readouterr().err  # no bar when progress is off
+
+
+def test_resume_checkpoint_holds_what_resume_restores(tmp_path):
+    fit(tmp_path, "ck", TrainConfig(**{**CFG.__dict__, "epochs": 1}), config_hash="abc")
+    ckpt = torch.load(tmp_path / "ck.pt", weights_only=False)
+    assert set(ckpt) == {
+        "config_hash",
+        "model",
+        "optimizer",
+        "scheduler",
+        "kd_loss",
+        "generator",
+        "torch_rng",
+        "cuda_rng",
+        "state",
+    }
+    assert ckpt["config_hash"] == "abc" and ckpt["kd_loss"] is None and ckpt["cuda_rng"] is None
+    assert ckpt["state"]["epoch"] == 1 and ckpt["state"]["best_epoch"] == 1
+    assert ckpt["optimizer"]["state"], "the optimizer's moments are saved"
