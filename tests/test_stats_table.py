@@ -283,3 +283,79 @@ def test_table_rows_columns_and_teachers_without_students(params, tmp_path):
     assert (audio.configuration, audio.teacher, audio.method, audio.level) == ("", "", "", "")
     assert table[table.name == "complete"].iloc[0].description == "Teacher 'complete' (branches V+A+L)"
     assert table[table.name == "video"].iloc[0].group == "KD from Video Branch"
+
+
+def test_heading_names_the_data_label_rule_and_a_split_that_is_not_the_standard_one():
+    table = pd.DataFrame([row("Student", "s")])
+    preamble = (
+        "Accuracy and weighted F1 on the test split in percent, mean ± std over seeds; the paper's values "
+        "(CMU-MOSEI unaligned) beside ours. Latency: median inference time per forward pass on cpu with 2 thread(s)."
+    )
+    standard = to_markdown(table, None, PROFILE, "synthetic").splitlines()
+    assert standard[:5] == [
+        "# Table 1 — data: `synthetic`; 7 classes: numpy.round(clip(y, -3, 3)) (label rule `round`)",
+        "",
+        preamble,
+        "",
+        "| Network | Description | Seeds | Accuracy (%) | Paper acc. | F1 (%) | Paper F1 | Parameters "
+        "| Latency b1 (ms) |",
+    ]
+    assert standard[5] == "|---|---|---|---|---|---|---|---|---|"
+    other = to_markdown(table, None, PROFILE, "sdk_csd", "sdk", split="hash split of the video ids").splitlines()
+    assert other[:7] == [
+        "# Table 1 — data: `sdk_csd`; 7 classes: SDK cmumosei_round(clip(y, -3, 3)) (label rule `sdk`)"
+        " — NOT the standard split",
+        "",
+        "**Split: hash split of the video ids. The paper's values below are on the standard split.**",
+        "",
+        preamble,
+        "",
+        standard[4],
+    ]
+
+
+def test_split_note_comes_from_the_summary():
+    from mmdistill.report.table import split_note
+
+    folds = {"standard": False, "description": "hash split (seed 0)"}
+    assert split_note({"raw": {"folds": folds}}) == "hash split (seed 0)"
+    assert split_note({"raw": {"folds": {"standard": False}}}) == "not the standard split"
+    assert split_note({"raw": {"folds": {**folds, "standard": True}}}) is None
+    assert split_note({"raw": {"folds": {"description": "x"}}}) is None  # standard unless said otherwise
+    assert split_note({"raw": {"folds": "standard"}}) is None and split_note({}) is None
+
+
+def test_no_kd_descriptions(params):
+    from mmdistill.report.table import nokd_description
+
+    params["students"]["nokd_half"] = {**params["students"]["nokd"], "train_fraction": 0.5}
+    params["students"]["nokd_c1_half"] = {**params["students"]["nokd_c1"], "train_fraction": 0.5}
+    reg = Registry(params)
+    s = reg.students
+    assert nokd_description(s["nokd"], True) == "Without KD (language_audio student)"
+    assert nokd_description(s["nokd_half"], False) == "Without KD (language_audio student (50 % of the training set))"
+    beyond = "baseline of its architecture, beyond the paper)"
+    assert nokd_description(s["nokd_c1"], False) == f"Without KD (complete student, 9 transformers; {beyond}"
+    assert nokd_description(s["nokd_c1_half"], False) == (
+        f"Without KD (complete student, 9 transformers (50 % of the training set); {beyond}"
+    )
+    assert nokd_description(s["nokd_c5_full"], False) == (
+        f"Without KD (language_audio student, 3 transformers, full-length proxies; {beyond}"
+    )
+
+
+def test_teacher_rows_leave_the_student_columns_empty(params, tmp_path):
+    from mmdistill.report.table import collect_runs, table1
+    from tests.test_table_numbers import write_results
+
+    import json as _json
+
+    reg = Registry(params, root=tmp_path)
+    write_results(reg, np.random.default_rng(4))
+    table = table1(reg, collect_runs(reg), _json.loads(reg.profile().read_text()))
+    teachers = table[table.network == "Teacher"]
+    assert len(teachers) >= 4
+    for col in ("configuration", "teacher", "method", "level"):
+        assert (teachers[col] == "").all(), col
+    complete = teachers[teachers.name == "complete"].iloc[0]
+    assert complete.description == "Teacher 'complete' (branches V+A+L)"

@@ -168,7 +168,7 @@ def nokd_description(s, paper_row: bool) -> str:
     if s.train_fraction < 1 and s.architecture == PAPER_ARCHITECTURE:
         return f"Without KD ({s.configuration} student{_fraction_text(s)})"
     return (
-        f"Without KD ({s.configuration} student, {n} transformers{proxies}; "
+        f"Without KD ({s.configuration} student, {n} transformers{proxies}{_fraction_text(s)}; "
         "baseline of its architecture, beyond the paper)"
     )
 
