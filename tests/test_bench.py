@@ -195,3 +195,28 @@ def test_snakemake_log_gives_the_jobs_that_recorded_no_timing(params, tmp_path):
     r = run_timeline(reg, cores=2)  # finds the newest log under .snakemake/log
     assert r["jobs"] == 1 and r["timed_by_the_jobs"] == 0 and r["span_s"] == 38
     assert r["workflow"]["span_s"] == 48 and r["workflow"]["rule_seconds"] == {"prepare": 10, "train_student": 38}
+
+
+def test_timeline_of_an_older_run_reads_no_prepared_data(params, tmp_path):
+    # an older version's run: its prepared file is one this version cannot read, and the
+    # timeline needs no data, only the metrics and the Snakemake log
+    import yaml
+
+    from mmdistill.cli import main
+    from mmdistill.registry import Registry, Run
+
+    log = tmp_path / ".snakemake" / "log" / "2026-12-02T070008.snakemake.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(SNAKEMAKE_LOG)
+    params["seeds"] = [0]
+    (tmp_path / "params-now.yaml").write_text(yaml.safe_dump(params))
+    reg = Registry(params, root=tmp_path)
+    reg.prepared().parent.mkdir(parents=True, exist_ok=True)
+    reg.prepared().write_text("not an HDF5 file of this version")
+    reg.metrics(Run("student", "nokd", 0)).parent.mkdir(parents=True)
+    reg.metrics(Run("student", "nokd", 0)).write_text('{"test": {}}')
+    out = tmp_path / "timeline"
+    assert main(["bench", "--params", str(tmp_path / "params-now.yaml"), "--what", "run", "--out", str(out)]) == 0
+    assert "Training jobs of the run: 1 (0 timed by the jobs themselves, 1 from the Snakemake log" in (
+        out.with_suffix(".md").read_text()
+    )

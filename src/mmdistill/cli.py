@@ -211,7 +211,9 @@ def cmd_bench(args) -> int:
     from mmdistill.io import write_json, write_text
 
     reg = _registry(args)
-    dims = _bench_feature_dims(reg)
+    # a finished run's timeline needs no model: it reads no prepared data (an older version's
+    # run may have a prepared file this version cannot read)
+    dims = _bench_feature_dims(reg) if args.what != "run" else None
     r: dict = {}
     if args.what == "gpu":
         from mmdistill.gpu_bench import gpu_bench
