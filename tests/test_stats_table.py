@@ -345,10 +345,10 @@ def test_no_kd_descriptions(params):
 
 
 def test_teacher_rows_leave_the_student_columns_empty(params, tmp_path):
+    import json as _json
+
     from mmdistill.report.table import collect_runs, table1
     from tests.test_table_numbers import write_results
-
-    import json as _json
 
     reg = Registry(params, root=tmp_path)
     write_results(reg, np.random.default_rng(4))

@@ -167,9 +167,8 @@ def test_progress_bar_and_epoch_log_line(tmp_path, caplog, capsys):
             f"acc7 {h['valid_acc7']:.4f} f1 {h['valid_f1_weighted']:.4f} ({h['seconds']:.1f}s)"
         )
         assert line in caplog.text
-    loop.train(
-        make_model(), *args, seed=3, run_label="run/quiet", resume_path=tmp_path / "b.pt", config_hash="h", progress=False
-    )
+    quiet = {"run_label": "run/quiet", "resume_path": tmp_path / "b.pt", "config_hash": "h", "progress": False}
+    loop.train(make_model(), *args, seed=3, **quiet)
     assert "run/quiet" not in capsys.readouterr().err  # no bar when progress is off
 
 

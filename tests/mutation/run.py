@@ -73,7 +73,12 @@ MODULES: dict[str, list[str]] = {
         "tests/test_acquire_folds.py",
     ],
     "data/prepare": ["tests/test_data_prepare.py", "tests/test_data_sources.py", "tests/test_checksums.py"],
-    "train/loop": ["tests/test_train.py", "tests/test_train_behaviour.py", "tests/test_resume_distill.py"],
+    "train/loop": [
+        "tests/test_train.py",
+        "tests/test_train_behaviour.py",
+        "tests/test_train_objective.py",
+        "tests/test_resume_distill.py",
+    ],
 }
 # what the tests read beside tests/ and src/ (mutmut copies tests/ and pyproject.toml itself)
 ALSO_COPY = ["params.yaml", "params-paper.yaml", "Snakefile", "dvc.yaml", "workflow", "profiles", ".gitignore"]
