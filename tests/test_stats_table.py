@@ -357,5 +357,44 @@ def test_teacher_rows_leave_the_student_columns_empty(params, tmp_path):
     assert len(teachers) >= 4
     for col in ("configuration", "teacher", "method", "level"):
         assert (teachers[col] == "").all(), col
+    students = table[table.network == "Student"]
+    assert (students.train_fraction == 1.0).all() and teachers.train_fraction.isna().all()
     complete = teachers[teachers.name == "complete"].iloc[0]
     assert complete.description == "Teacher 'complete' (branches V+A+L)"
+
+
+def test_the_best_distilled_student_is_never_a_student_without_kd(params):
+    reg = Registry(params)
+    runs = pd.DataFrame(
+        [
+            {"role": "student", "name": "nokd", "seed": 0, "valid_acc": 60.0},  # the highest, but no KD
+            {"role": "student", "name": "other", "seed": 0, "valid_acc": 50.0},
+        ]
+    )
+    table = pd.DataFrame(
+        [row("Student", "nokd"), row("Student", "other", method="crd"), row("Teacher", "complete", latency_b1_ms=10.0)]
+    )
+    r = cost_ratios(table, reg, runs)
+    assert r["best_student"] == "other"
+    # the latency reduction is shown in whole percent: 1 - 1.0 / 10.0 = 90 %
+    assert "(90% less; paper: 22% less)." in to_markdown(table, r, PROFILE, "x")
+
+
+def test_mean_and_sample_sd_over_seeds():
+    from mmdistill.report.table import _stats
+
+    assert _stats(pd.Series([1.0, 3.0])) == (2.0, pytest.approx(2**0.5))  # 2 seeds have an sd
+    mean, sd = _stats(pd.Series([4, 5, 9]))
+    assert mean == 6.0 and sd == pytest.approx(np.std([4, 5, 9], ddof=1))
+    one = _stats(pd.Series([7.0]))
+    assert one[0] == 7.0 and math.isnan(one[1])
+
+
+def test_a_second_no_kd_row_of_the_papers_architecture_is_marked_beyond_the_paper(params):
+    from mmdistill.report.table import nokd_description
+
+    params["students"]["nokd_again"] = dict(params["students"]["nokd"])
+    s = Registry(params).students["nokd_again"]
+    assert nokd_description(s, False) == (
+        "Without KD (language_audio student, 3 transformers; baseline of its architecture, beyond the paper)"
+    )
