@@ -45,11 +45,27 @@ NEEDS_PIPELINE = [
     "--deselect",
     "tests/test_report.py::test_best_student_of_the_cost_line_is_picked_on_validation",
 ]
+NOT_E2E = ["-m", "not e2e"]
+DATA_TESTS = [
+    "tests/test_data_prepare.py",
+    "tests/test_data_sources.py",
+    "tests/test_checksums.py",
+    "tests/test_acquire_folds.py",
+    "tests/test_data_mmsa.py",
+    "tests/test_data_sdk_csd.py",
+    *NOT_E2E,
+]
 # module (path under src/mmdistill, without .py) -> pytest arguments selecting its tests
 MODULES: dict[str, list[str]] = {
     "registry": [
         "tests/test_registry.py",
         "tests/test_registry_contract.py",
+        "tests/test_method_options.py",
+        "tests/test_student_modality.py",
+        "tests/test_any_lengths.py",
+        "tests/test_schedule.py",
+        "tests/test_errors.py",
+        *NOT_E2E,
         "--deselect",
         "tests/test_registry.py::test_no_pipeline_output_is_committed",
     ],
@@ -65,14 +81,9 @@ MODULES: dict[str, list[str]] = {
         "tests/test_stats_table.py",
         *NEEDS_PIPELINE,
     ],
-    "data/download": ["tests/test_data_download.py", "tests/test_download_fallback.py"],
-    "data/acquire": [
-        "tests/test_data_sources.py",
-        "tests/test_data_prepare.py",
-        "tests/test_checksums.py",
-        "tests/test_acquire_folds.py",
-    ],
-    "data/prepare": ["tests/test_data_prepare.py", "tests/test_data_sources.py", "tests/test_checksums.py"],
+    "data/download": ["tests/test_data_download.py", "tests/test_download_fallback.py", "tests/test_checksums.py"],
+    "data/acquire": DATA_TESTS,
+    "data/prepare": DATA_TESTS,
     "train/loop": [
         "tests/test_train.py",
         "tests/test_train_behaviour.py",
