@@ -162,3 +162,30 @@ def test_synthetic_acquire_and_prepare_dataset(tmp_path):
     # the same seed gives the same raw bytes
     raw2 = acquire(SYN_CFG, tmp_path / "raw2", progress=False)
     assert raw2.read_bytes() == raw.read_bytes()
+
+
+def test_cleaning_replaces_every_non_finite_value_with_zero():
+    from mmdistill.data.prepare import clean_
+
+    x = np.array([[[np.nan, np.inf, -np.inf, 2.5], [np.nan, np.nan, np.nan, np.nan]]], dtype=np.float32)
+    counts = clean_(x)
+    assert counts == {"nan": 5, "posinf": 1, "neginf": 1, "all_nan_rows": 1}
+    assert x.tolist() == [[[0.0, 0.0, 0.0, 2.5], [0.0, 0.0, 0.0, 0.0]]]  # in place, 0 for each kind
+
+
+@pytest.mark.parametrize("scenario", ["mosei_like", "known_answer"])
+def test_synthetic_scenario_picks_its_generator(tmp_path, scenario):
+    import pickle
+
+    from mmdistill.data import synthetic
+
+    cfg = {**SYN_CFG, "synthetic": {**SYN_CFG["synthetic"], "scenario": scenario}}
+    raw = pickle.loads(acquire(cfg, tmp_path, progress=False).read_bytes())
+    s = cfg["synthetic"]
+    make = synthetic.generate if scenario == "mosei_like" else synthetic.generate_known_answer
+    want = make(s["n_train"], s["n_valid"], s["n_test"], cfg["lengths"], np.random.default_rng(s["seed"]))
+    for split in SPLITS:
+        for key, value in want[split].items():
+            np.testing.assert_array_equal(raw[split][key], value, err_msg=f"{split}/{key}")
+    default = acquire(SYN_CFG, tmp_path / "default", progress=False)  # no scenario given: mosei_like
+    assert (default.read_bytes() == (tmp_path / default.name).read_bytes()) == (scenario == "mosei_like")
