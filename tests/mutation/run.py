@@ -60,6 +60,7 @@ MODULES: dict[str, list[str]] = {
     "registry": [
         "tests/test_registry.py",
         "tests/test_registry_contract.py",
+        "tests/test_registry_inputs.py",
         "tests/test_method_options.py",
         "tests/test_student_modality.py",
         "tests/test_any_lengths.py",
