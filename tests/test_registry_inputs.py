@@ -4,6 +4,7 @@ folds input, the missing-input message, checksums and listings of problems."""
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 
@@ -73,3 +74,55 @@ def test_missing_inputs_are_listed_with_the_step_that_makes_them(params, tmp_pat
 def test_one_problem_on_one_line_several_listed():
     assert _listing("methods.crd.options", ["nce_k: must be > 0"]) == "methods.crd.options.nce_k: must be > 0"
     assert _listing("methods.crd.options", ["a", "b"]) == "methods.crd.options:\n  a\n  b"
+
+
+def test_subset_keeps_the_rows_named_and_what_they_need(params):
+    from mmdistill.registry import ParamsError, apply_subset
+
+    assert apply_subset(params) is params  # no subset: unchanged
+    params["subset"] = {"students": ["c5_hinton", "nokd"]}
+    out = apply_subset(params)
+    assert list(out["students"]) == ["nokd", "c5_hinton"] and list(out["teachers"]) == ["complete"]
+    assert set(params["students"]) > {"nokd", "c5_hinton"} and len(params["teachers"]) == 4  # input untouched
+    params["subset"] = {"teachers": ["video"]}
+    out = apply_subset(params)
+    assert list(out["teachers"]) == ["video"]
+    assert set(out["students"]) == {
+        k for k, v in params["students"].items() if v["teacher"] in (None, "video")
+    }  # its students and those without a teacher
+    params["subset"] = {"students": ["c2_crd_final"], "teachers": ["video", "audio"]}
+    out = apply_subset(params)
+    assert list(out["students"]) == ["c2_crd_final"] and list(out["teachers"]) == ["video", "audio"]
+    for subset, message in [
+        ({"students": ["nope"]}, "subset.students: ['nope'] not among students ("),
+        ({"teachers": ["nope"]}, "subset.teachers: ['nope'] not among teachers ("),
+        ({"students": ["c5_hinton"], "teachers": ["video"]}, "subset: students ['c5_hinton'] distil from teachers"),
+        ({"students": []}, "subset leaves no students"),
+        ({"students": ["nokd"]}, "subset leaves no teachers (its students distil from none)"),
+    ]:
+        params["subset"] = subset
+        with pytest.raises(ParamsError, match=re.escape(message)):
+            apply_subset(params)
+
+
+@pytest.mark.parametrize(
+    ("variant", "proxy", "ok"),
+    [("S", "down", True), ("S", "full", False), ("T", "full", True), ("T", "down", False), (None, "full", False)],
+)
+def test_edam_variant_and_proxy_must_agree(params, variant, proxy, ok):
+    from mmdistill.registry import ParamsError
+
+    entry = params["students"]["c5_edam_s_attn"]
+    entry["options"] = {} if variant is None else {"variant": variant}
+    entry["proxy"] = proxy
+    if ok:
+        assert Registry(params).students["c5_edam_s_attn"].proxy == proxy
+    else:
+        shown = variant or "S"  # the default variant is S
+        need = "full" if shown == "T" else "down"
+        with pytest.raises(ParamsError) as err:
+            Registry(params)
+        assert str(err.value) == (
+            f"students.c5_edam_s_attn.proxy: EDAM variant {shown} needs proxy '{need}' "
+            f"(EDAM-S: the teacher's lengths; EDAM-T: full-length proxies), not '{proxy}'"
+        )
