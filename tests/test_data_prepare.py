@@ -189,3 +189,31 @@ def test_synthetic_scenario_picks_its_generator(tmp_path, scenario):
             np.testing.assert_array_equal(raw[split][key], value, err_msg=f"{split}/{key}")
     default = acquire(SYN_CFG, tmp_path / "default", progress=False)  # no scenario given: mosei_like
     assert (default.read_bytes() == (tmp_path / default.name).read_bytes()) == (scenario == "mosei_like")
+
+
+def test_chunked_scans_cover_every_sample(monkeypatch):
+    # the padding scans work through the samples in chunks; with chunks of 3 rows, 11 samples
+    # span four chunks and each result must equal the one-chunk result
+    from mmdistill.data import prepare as prep
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(11, 6, 2)).astype(np.float32)
+    for i in range(11):  # left padding of i % 4 rows, trailing zeros of i % 3 rows
+        x[i, : i % 4] = 0
+        x[i, 6 - i % 3 :] = 0
+    length = rng.integers(1, 7, size=11)
+
+    def scans():
+        return (
+            prep.true_lengths(x),
+            prep.trailing_lengths(x),
+            prep.fit_right_padded(x, length, 4),
+            prep.nonzero_after(x, length),
+        )
+
+    monkeypatch.setattr(prep, "_ROW_CHUNK", 10**6)
+    whole = scans()
+    monkeypatch.setattr(prep, "_ROW_CHUNK", 3)
+    for a, b in zip(scans(), whole):
+        np.testing.assert_array_equal(a, b)
+    assert whole[0].tolist() == [6 - i % 4 for i in range(11)]  # true length: from the first non-zero row
