@@ -126,3 +126,36 @@ def test_edam_variant_and_proxy_must_agree(params, variant, proxy, ok):
             f"students.c5_edam_s_attn.proxy: EDAM variant {shown} needs proxy '{need}' "
             f"(EDAM-S: the teacher's lengths; EDAM-T: full-length proxies), not '{proxy}'"
         )
+
+
+def test_regression_refuses_distillvlm_at_the_attention_level_too(params):
+    from mmdistill.registry import ParamsError
+
+    params["train"]["objective"] = "regression"
+    params["subset"] = {"students": ["c5_distillvlm", "c5_crd_attn"]}
+    with pytest.raises(ParamsError, match=r"students\.c5_distillvlm: train\.objective 'regression'.*'distillvlm'"):
+        Registry(params)
+    params["subset"] = {"students": ["c5_crd_attn"]}
+    assert list(Registry(params).students) == ["c5_crd_attn"]
+
+
+@pytest.mark.parametrize(
+    ("source", "dataset", "name"),
+    [
+        ("synthetic", "mosei", "synthetic/mosei_synthetic.pkl"),
+        ("mult_pkl", "mosi", "mult_pkl/mosi_data_noalign.pkl"),
+        ("mmsa_pkl", "mosei", "mmsa_pkl/mmsa_mosei_unaligned_50.pkl"),
+        ("sdk_csd", "mosei", "sdk_csd"),
+    ],
+)
+def test_raw_input_of_each_source(params, tmp_path, source, dataset, name):
+    params["data"]["source"], params["data"]["dataset"] = source, dataset
+    reg = Registry(params, root=tmp_path)
+    assert reg.raw_input() == reg.data_root / "raw" / name
+
+
+def test_a_students_share_of_the_training_set_is_in_its_run_params(params):
+    params["students"]["nokd"]["train_fraction"] = 0.25
+    reg = Registry(params)
+    assert reg.run_params(Run("student", "nokd", 0))["student"]["train_fraction"] == 0.25
+    assert "train_fraction" not in reg.run_params(Run("student", "c5_hinton", 0))["student"]  # 1: not written
