@@ -169,16 +169,28 @@ Error in rule train_teacher:
 """
 
 
-def test_snakemake_log_gives_the_jobs_that_recorded_no_timing(params, tmp_path):
-    from datetime import datetime
-
-    from mmdistill.bench import run_timeline, snakemake_jobs
+def older_run(params, tmp_path):
+    """A project in ``tmp_path`` as an older version leaves it: the Snakemake log and one
+    student's metrics without ``timing`` (one seed); returns its registry."""
     from mmdistill.registry import Registry, Run
 
     log = tmp_path / ".snakemake" / "log" / "2026-12-02T070008.snakemake.log"
     log.parent.mkdir(parents=True)
     log.write_text(SNAKEMAKE_LOG)
-    jobs = snakemake_jobs(log)
+    params["seeds"] = [0]
+    reg = Registry(params, root=tmp_path)
+    reg.metrics(Run("student", "nokd", 0)).parent.mkdir(parents=True)
+    reg.metrics(Run("student", "nokd", 0)).write_text('{"test": {}}')
+    return reg
+
+
+def test_snakemake_log_gives_the_jobs_that_recorded_no_timing(params, tmp_path):
+    from datetime import datetime
+
+    from mmdistill.bench import run_timeline, snakemake_jobs
+
+    reg = older_run(params, tmp_path)
+    jobs = snakemake_jobs(next((tmp_path / ".snakemake" / "log").iterdir()))
     t = datetime(2026, 12, 2, 7, 0, 17).timestamp()
     assert jobs[0] == {"rule": "prepare", "wildcards": {}, "start": t, "end": t + 10}
     assert jobs[1] == {
@@ -188,10 +200,6 @@ def test_snakemake_log_gives_the_jobs_that_recorded_no_timing(params, tmp_path):
         "end": t + 48,
     }
     assert jobs[2]["rule"] == "train_teacher" and jobs[2]["end"] is None  # failed: never finished
-    params["seeds"] = [0]
-    reg = Registry(params, root=tmp_path)
-    reg.metrics(Run("student", "nokd", 0)).parent.mkdir(parents=True)
-    reg.metrics(Run("student", "nokd", 0)).write_text('{"test": {}}')  # an older version's metrics: no timing
     r = run_timeline(reg, cores=2)  # finds the newest log under .snakemake/log
     assert r["jobs"] == 1 and r["timed_by_the_jobs"] == 0 and r["span_s"] == 38
     assert r["workflow"]["span_s"] == 48 and r["workflow"]["rule_seconds"] == {"prepare": 10, "train_student": 38}
@@ -203,18 +211,11 @@ def test_timeline_of_an_older_run_reads_no_prepared_data(params, tmp_path):
     import yaml
 
     from mmdistill.cli import main
-    from mmdistill.registry import Registry, Run
 
-    log = tmp_path / ".snakemake" / "log" / "2026-12-02T070008.snakemake.log"
-    log.parent.mkdir(parents=True)
-    log.write_text(SNAKEMAKE_LOG)
-    params["seeds"] = [0]
+    reg = older_run(params, tmp_path)
     (tmp_path / "params-now.yaml").write_text(yaml.safe_dump(params))
-    reg = Registry(params, root=tmp_path)
     reg.prepared().parent.mkdir(parents=True, exist_ok=True)
     reg.prepared().write_text("not an HDF5 file of this version")
-    reg.metrics(Run("student", "nokd", 0)).parent.mkdir(parents=True)
-    reg.metrics(Run("student", "nokd", 0)).write_text('{"test": {}}')
     out = tmp_path / "timeline"
     assert main(["bench", "--params", str(tmp_path / "params-now.yaml"), "--what", "run", "--out", str(out)]) == 0
     assert "Training jobs of the run: 1 (0 timed by the jobs themselves, 1 from the Snakemake log" in (

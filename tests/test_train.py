@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -30,7 +32,7 @@ def make_model():
     return build_student(cfg, "language_audio", "V", LENGTHS, "down")
 
 
-def fit(tmp_path, tag, cfg=CFG, train_split=None, model=None, resume=None, config_hash="h", **kw):
+def fit(tmp_path, tag, cfg=CFG, train_split=None, model=None, resume=None, config_hash="h", progress=False, **kw):
     """Train ``model`` (default: :func:`make_model`) on the test splits; ``resume`` names the
     resume file (default: ``tag``); other keywords go to :func:`train`."""
     model = make_model() if model is None else model
@@ -43,7 +45,7 @@ def fit(tmp_path, tag, cfg=CFG, train_split=None, model=None, resume=None, confi
         run_label=f"test/{tag}",
         resume_path=tmp_path / f"{resume or tag}.pt",
         config_hash=config_hash,
-        progress=False,
+        progress=progress,
         **kw,
     )
     return model, res
@@ -168,17 +170,19 @@ def test_phases_are_timed_and_cover_the_epochs(tmp_path):
     from mmdistill.train.timing import JobTimer
 
     timer = JobTimer()
+    t0 = time.perf_counter()
     _, res = fit(tmp_path, "t", timer=timer)
+    wall = time.perf_counter() - t0
     s = timer.seconds
     assert s["steps"] > 0 and s["validation"] > 0 and s["checkpoint"] > 0 and s["batches"] > 0
+    assert all(v >= 0 for v in s.values()), s
+    assert sum(s.values()) <= wall  # every phase lies within the call
     # the epochs' seconds (steps, batches, validation, progress bar) are all inside the phases
     per_epoch = sum(row["seconds"] for row in res.history)
     assert per_epoch <= sum(s.values()) and s["steps"] + s["validation"] + s["batches"] <= per_epoch
 
 
 def test_process_start_is_read_from_the_system():
-    import time
-
     from mmdistill.train.timing import process_started_at
 
     started = process_started_at()

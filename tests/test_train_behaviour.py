@@ -54,22 +54,34 @@ def test_history_and_best_weights(tmp_path, monkeypatch):
     assert not math.isinf(res.best_valid_loss)
 
 
-def test_early_stop_and_learning_rate_schedule(tmp_path, monkeypatch):
-    # the validation loss never improves after epoch 1: the learning rate is cut after
-    # lr_patience bad epochs, and the run stops after early_stop bad epochs
-    values = iter([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+def script_validation_losses(monkeypatch, losses: list[float]) -> None:
+    """Make the per-epoch validation report ``losses`` in turn (the rest of its metrics real)."""
+    values = iter(losses)
     real_evaluate = loop.evaluate
 
-    def worsening(*args, **kwargs):
+    def scripted(*args, **kwargs):
         out = real_evaluate(*args, **kwargs)
         out["loss"] = next(values)
         return out
 
-    monkeypatch.setattr(loop, "evaluate", worsening)
+    monkeypatch.setattr(loop, "evaluate", scripted)
+
+
+def test_early_stop_and_learning_rate_schedule(tmp_path, monkeypatch):
+    # the validation loss never improves after epoch 1: the learning rate is cut after
+    # lr_patience bad epochs, and the run stops after early_stop bad epochs
+    script_validation_losses(monkeypatch, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
     cfg = TrainConfig(**{**CFG.__dict__, "epochs": 8, "early_stop": 3, "lr_patience": 1, "lr_factor": 0.5})
     _, res = fit(tmp_path, "r", cfg)
     assert res.epochs_run == 4 and res.best_epoch == 1  # 1 good epoch, then 3 bad ones
     assert [h["lr"] for h in res.history] == pytest.approx([3e-3, 3e-3, 1.5e-3, 1.5e-3])
+
+
+def test_early_stopping_counts_consecutive_bad_epochs(tmp_path, monkeypatch):
+    script_validation_losses(monkeypatch, [1.0, 2.0, 0.5, 3.0, 4.0, 5.0, 6.0])
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 7, "early_stop": 2, "lr_patience": 10})
+    _, res = fit(tmp_path, "stop", cfg)
+    assert res.best_epoch == 3 and res.epochs_run == 5  # the improvement at epoch 3 restarts the count
 
 
 def test_a_finished_run_started_again_trains_no_more(tmp_path):
@@ -154,22 +166,18 @@ def test_teacher_internals_cached_exactly_up_to_the_budget(caplog):
 def test_progress_bar_and_epoch_log_line(tmp_path, caplog, capsys):
     caplog.set_level(logging.INFO, logger="mmdistill.train.loop")
     cfg = TrainConfig(**{**CFG.__dict__, "epochs": 2})
-    args = (make_split("train", 48, 1), make_split("valid", 16, 2), cfg)
-    from tests.test_train import make_model
-
-    res = loop.train(make_model(), *args, seed=3, run_label="run/bar", resume_path=tmp_path / "a.pt", config_hash="h")
+    _, res = fit(tmp_path, "bar", cfg, progress=True)
     bar = capsys.readouterr().err
     # one bar per epoch over its 3 steps (not on a terminal: drawn at the start, then every 30 s)
-    assert "run/bar epoch 1/2:   0%|          | 0/3" in bar and "run/bar epoch 2/2:   0%|          | 0/3" in bar
+    assert "test/bar epoch 1/2:   0%|          | 0/3" in bar and "test/bar epoch 2/2:   0%|          | 0/3" in bar
     for h in res.history:
         line = (
-            f"run/bar epoch {h['epoch']}: train loss {h['train_loss']:.4f}, valid loss {h['valid_loss']:.4f} "
+            f"test/bar epoch {h['epoch']}: train loss {h['train_loss']:.4f}, valid loss {h['valid_loss']:.4f} "
             f"acc7 {h['valid_acc7']:.4f} f1 {h['valid_f1_weighted']:.4f} ({h['seconds']:.1f}s)"
         )
         assert line in caplog.text
-    quiet = {"run_label": "run/quiet", "resume_path": tmp_path / "b.pt", "config_hash": "h", "progress": False}
-    loop.train(make_model(), *args, seed=3, **quiet)
-    assert "run/quiet" not in capsys.readouterr().err  # no bar when progress is off
+    fit(tmp_path, "quiet", cfg)
+    assert "test/quiet" not in capsys.readouterr().err  # no bar when progress is off
 
 
 def test_resume_checkpoint_holds_what_resume_restores(tmp_path):
