@@ -1,5 +1,5 @@
 # Knowledge distillation from a multimodal teacher to a unimodal student (paper 002).
-#   snakemake --cores 4    (rule all: every run, Table 1 and figures, the robustness table)
+#   snakemake --cores all  (rule all: every run, Table 1 and figures, the robustness table)
 # Every rule runs one step of the package CLI (`python -m mmdistill <step>`); the experiment
 # registry (mmdistill.registry) names every run and owns every output path.
 #

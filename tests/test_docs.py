@@ -99,7 +99,7 @@ def test_readme_main_job_builds_the_robustness_table_it_promises():
     readme = (ROOT / "README.md").read_text()
     main_job = re.search(r"^python3\.11 -m venv .+ && (snakemake [^\n]*)$", readme, flags=re.M)
     assert main_job, "no main-job command in README.md"
-    assert main_job.group(1).split() == ["snakemake", "--cores", "4"], main_job.group(1)
+    assert main_job.group(1).split() == ["snakemake", "--cores", "all"], main_job.group(1)
     assert "robustness" in readme[: main_job.start()], "README does not say the main job builds the robustness table"
     reg = Registry.from_file(ROOT / "params.yaml")
     targets = set(reg.targets())
