@@ -1,3 +1,5 @@
+import pytest
+
 from mmdistill.bench import CASES, Setting, run_case, to_markdown
 
 TINY = Setting("tiny", {"d_model": 8, "n_heads": 2, "n_layers": 1}, {"V": 10, "A": 10, "L": 5}, 4, 2)
@@ -139,7 +141,19 @@ def test_run_timeline_reads_span_tail_idle_and_critical_path(params, tmp_path):
         "started_at_s": 10,
         "start_rank": 3,
     }
-    assert "Critical path" in timeline_markdown(r)
+    # per row: (job - steps) / job and startup / job, rows by their share outside the steps
+    rows = [w["row"] for w in r["rows"]]
+    assert rows == ["students/c5_hinton", "students/c1_edam_s_attn", "teachers/complete", "students/nokd"]
+    assert r["rows"][2] == {
+        "row": "teachers/complete",
+        "jobs": 1,
+        "mean_job_s": 10,
+        "outside_steps": pytest.approx(0.2),
+        "startup": pytest.approx(0.1),
+    }
+    assert r["rows"][0]["outside_steps"] == 0 and r["rows"][3]["outside_steps"] == 0.25
+    md = timeline_markdown(r)
+    assert "Critical path" in md and "| teachers/complete | 1 | 10.0 | 20.0% | 10.0% |" in md
     reg.metrics(Run("student", "nokd", 0)).unlink()
     assert run_timeline(reg, cores=2)["missing"] == ["students/nokd/seed0"]
 

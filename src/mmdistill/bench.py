@@ -674,7 +674,9 @@ def run_timeline(reg, cores: int, long_jobs: int = 10, snakemake_log=None) -> di
     ``cores`` jobs were running to the end -- with the core-seconds left idle in it (``cores``:
     the machine's cores, not Snakemake's ``--cores``: 4 jobs on 2 cores keep both busy); the
     critical path (the longest teacher -> student chain of measured job times, the least
-    any schedule could take); and the order in which the longest jobs started.
+    any schedule could take); the order in which the longest jobs started; and per row (a
+    teacher or student over its seeds) the mean job time and the mean shares of it spent
+    outside the training steps and in start-up (jobs that timed themselves only).
 
     A training job whose metrics lack ``timing`` (written by an older version) takes its
     start and end from the Snakemake log (``snakemake_log``, default: the newest under
@@ -737,6 +739,22 @@ def run_timeline(reg, cores: int, long_jobs: int = 10, snakemake_log=None) -> di
         for p, s in j["seconds"].items():
             phases[p] = phases.get(p, 0.0) + s
     phases["other"] = total - sum(phases.values())
+    per_row: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for j in jobs.values():
+        if j["seconds"] and j["duration"] > 0:
+            per_row.setdefault((j["run"].role, j["run"].name), []).append(j)
+    rows = []
+    for (role, name), js in per_row.items():
+        rows.append(
+            {
+                "row": f"{role}s/{name}",
+                "jobs": len(js),
+                "mean_job_s": sum(j["duration"] for j in js) / len(js),
+                "outside_steps": sum(1 - j["seconds"].get("steps", 0.0) / j["duration"] for j in js) / len(js),
+                "startup": sum(j["seconds"].get("startup", 0.0) / j["duration"] for j in js) / len(js),
+            }
+        )
+    rows.sort(key=lambda r: r["outside_steps"])
     finished = [j for j in logged if j["end"] is not None]
     workflow = None
     if finished:
@@ -771,6 +789,7 @@ def run_timeline(reg, cores: int, long_jobs: int = 10, snakemake_log=None) -> di
             }
             for rid in longest
         ],
+        "rows": rows,
         "last_started": order[-1],
         "last_ended": max(jobs, key=lambda rid: jobs[rid]["end"]),
     }
@@ -808,4 +827,17 @@ def timeline_markdown(r: dict[str, Any]) -> str:
     lines += ["", "| Longest jobs | s | Started at (s) | Start rank |", "|---|---|---|---|"]
     for j in r["longest"]:
         lines.append(f"| {j['run']} | {j['duration_s']:.1f} | {j['started_at_s']:.1f} | {j['start_rank']} |")
+    if r.get("rows"):
+        lines += [
+            "",
+            "Per row, means over its jobs: the share of a job's wall time outside the training steps, and in start-up.",
+            "",
+            "| Row | Jobs | Job s | Outside steps | Start-up |",
+            "|---|---|---|---|---|",
+        ]
+        for w in r["rows"]:
+            lines.append(
+                f"| {w['row']} | {w['jobs']} | {w['mean_job_s']:.1f} | {100 * w['outside_steps']:.1f}% "
+                f"| {100 * w['startup']:.1f}% |"
+            )
     return "\n".join(lines) + "\n"
