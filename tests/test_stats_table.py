@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mmdistill.io import read_json
 from mmdistill.registry import Registry
 from mmdistill.report import stats
 from mmdistill.report.stats import PAIRED_NOTE, add_paired_stats, format_difference, paired_test, sign_flip_p
@@ -240,8 +241,6 @@ def test_paired_differences_use_the_confidence_given(params):
 
 
 def test_table_rows_columns_and_teachers_without_students(params, tmp_path):
-    import json as _json
-
     from mmdistill.registry import Run
     from mmdistill.report.table import collect_runs, table1
     from tests.test_table_numbers import write_results
@@ -250,14 +249,14 @@ def test_table_rows_columns_and_teachers_without_students(params, tmp_path):
     reg = Registry(params, root=tmp_path)
     write_results(reg, np.random.default_rng(3))
     runs = collect_runs(reg)
-    m = _json.loads(reg.metrics(Run("teacher", "audio", reg.seeds[0])).read_text())
+    m = read_json(reg.metrics(Run("teacher", "audio", reg.seeds[0])))
     row = runs[(runs.role == "teacher") & (runs.name == "audio") & (runs.seed == reg.seeds[0])].iloc[0]
     for col, key in (("mae", "mae"), ("pearson", "pearson")):
         assert row[col] == m["test"][key]
     for col in ("parameters", "epochs_run", "best_epoch", "train_seconds"):
         assert row[col] == m[col]
     assert row.valid_acc == pytest.approx(100 * m["valid"]["acc7"])
-    table = table1(reg, runs, _json.loads(reg.profile().read_text()))
+    table = table1(reg, runs, read_json(reg.profile()))
     nokd = table[table.name == "nokd"].iloc[0]
     assert (nokd.group, nokd.configuration, nokd.teacher, nokd.method, nokd.level) == (
         "",
@@ -345,14 +344,12 @@ def test_no_kd_descriptions(params):
 
 
 def test_teacher_rows_leave_the_student_columns_empty(params, tmp_path):
-    import json as _json
-
     from mmdistill.report.table import collect_runs, table1
     from tests.test_table_numbers import write_results
 
     reg = Registry(params, root=tmp_path)
     write_results(reg, np.random.default_rng(4))
-    table = table1(reg, collect_runs(reg), _json.loads(reg.profile().read_text()))
+    table = table1(reg, collect_runs(reg), read_json(reg.profile()))
     teachers = table[table.network == "Teacher"]
     assert len(teachers) >= 4
     for col in ("configuration", "teacher", "method", "level"):

@@ -684,8 +684,7 @@ def run_timeline(reg, cores: int, long_jobs: int = 10, snakemake_log=None) -> di
     (data, profile, report jobs included) is reported too. Jobs found in neither are listed
     as missing.
     """
-    import json
-
+    from mmdistill.io import read_json
     from mmdistill.registry import Run
 
     log_path = snakemake_log or newest_snakemake_log(reg.root)
@@ -699,7 +698,7 @@ def run_timeline(reg, cores: int, long_jobs: int = 10, snakemake_log=None) -> di
     missing = []
     for run in reg.runs():
         path = reg.metrics(run)
-        m = json.loads(path.read_text()) if path.exists() else {}
+        m = read_json(path) if path.exists() else {}
         t = m.get("timing")
         if t:
             jobs[run.id] = {"run": run, "start": t["started_at"], "end": t["ended_at"], "seconds": t["seconds"]}
@@ -743,18 +742,19 @@ def run_timeline(reg, cores: int, long_jobs: int = 10, snakemake_log=None) -> di
     for j in jobs.values():
         if j["seconds"] and j["duration"] > 0:
             per_row.setdefault((j["run"].role, j["run"].name), []).append(j)
-    rows = []
-    for (role, name), js in per_row.items():
-        rows.append(
+    rows = sorted(
+        (
             {
                 "row": f"{role}s/{name}",
                 "jobs": len(js),
-                "mean_job_s": sum(j["duration"] for j in js) / len(js),
-                "outside_steps": sum(1 - j["seconds"].get("steps", 0.0) / j["duration"] for j in js) / len(js),
-                "startup": sum(j["seconds"].get("startup", 0.0) / j["duration"] for j in js) / len(js),
+                "mean_job_s": statistics.fmean(j["duration"] for j in js),
+                "outside_steps": statistics.fmean(1 - j["seconds"].get("steps", 0.0) / j["duration"] for j in js),
+                "startup": statistics.fmean(j["seconds"].get("startup", 0.0) / j["duration"] for j in js),
             }
-        )
-    rows.sort(key=lambda r: r["outside_steps"])
+            for (role, name), js in per_row.items()
+        ),
+        key=lambda w: w["outside_steps"],
+    )
     finished = [j for j in logged if j["end"] is not None]
     workflow = None
     if finished:
@@ -827,7 +827,7 @@ def timeline_markdown(r: dict[str, Any]) -> str:
     lines += ["", "| Longest jobs | s | Started at (s) | Start rank |", "|---|---|---|---|"]
     for j in r["longest"]:
         lines.append(f"| {j['run']} | {j['duration_s']:.1f} | {j['started_at_s']:.1f} | {j['start_rank']} |")
-    if r.get("rows"):
+    if r["rows"]:
         lines += [
             "",
             "Per row, means over its jobs: the share of a job's wall time outside the training steps, and in start-up.",
